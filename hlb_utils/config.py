@@ -1,0 +1,154 @@
+"""Every training knob in one dataclass, plus the named presets (profiles).
+
+Taught in notebooks 04 (the recipe), 05 (speed tricks) and 06 (the record run). A notebook builds
+its config with `get_profile(name)` and tweaks it with `dataclasses.replace(cfg, epochs=10)`; the
+config is frozen, so nothing can change it behind a learner's back.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+PROFILE_NAMES = ("full", "seed", "cpu", "quick")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Units and sensible ranges are in the comments."""
+
+    profile: str = "custom"           # name of the preset this came from (for the run records)
+    # --- network ---
+    net: str = "record"               # 'record' (airbench-style, no residual) or 'seed' (SE-ResNet)
+    widths: tuple = (64, 256, 256)    # channels of the conv groups; record: 3 groups, seed: 4
+    act: str = "gelu"                 # 'gelu', 'silu' or 'relu'
+    bn_momentum: float = 0.4          # PyTorch convention (weight of the new batch), 0..1
+    bn_eps: float = 1e-12
+    # --- data ---
+    batch_size: int = 2000            # images per step, 1..50000
+    epochs: float = 8.0               # passes over the training set; fractions allowed, > 0
+    train_subset: int | None = None   # use only the first N shuffled training images (tests)
+    test_subset: int | None = None    # evaluate on the first N test images (tests)
+    flip: str = "alternate"           # 'alternate', 'random' or 'none'
+    translate: int = 2                # pixels of random translation (reflect padding), 0..8
+    cutout: int = 0                   # side of the blanked square in pixels, 0..32
+    # --- optimiser ---
+    optimizer: str = "muon"           # 'muon' (conv filters by Muon, rest by SGD) or 'sgd'
+    lr: float = 0.24                  # Muon lr, or SGD lr for the filters (per step, summed loss)
+    momentum: float = 0.6             # Muon momentum; for 'sgd' the filters use sgd_momentum
+    sgd_momentum: float = 0.85        # Nesterov momentum of the SGD groups, 0..1
+    bias_lr: float = 0.053            # SGD lr of norm biases and the whitening bias
+    head_lr: float = 0.67             # SGD lr of the classifier head
+    weight_decay: float = 2e-6        # per example: multiplied by batch_size (decoupled), >= 0
+    ns_steps: int = 3                 # Newton-Schulz iterations in Muon, 1..10
+    label_smoothing: float = 0.2      # 0..1
+    # --- schedule ---
+    schedule: str = "linear"          # 'linear' (warm-up then linear decay) or 'onecycle'
+    warmup: float = 0.0               # fraction of the steps spent warming up, 0..1
+    peak: float = 0.25                # onecycle: fraction of steps at which the lr peaks, 0..1
+    start_lr: float = 0.2             # onecycle: starting multiplier, >= 0
+    end_lr: float = 0.0               # final multiplier, >= 0
+    whiten_bias_epochs: float = 3.0   # the whitening bias trains for this many epochs, >= 0
+    # --- averaging ---
+    ema_decay: float = 0.0            # 0 = no EMA; else decay per EMA update, 0..1
+    ema_every: int = 2                # steps between EMA updates, >= 1
+    ema_epochs: float = 2.0           # EMA runs over the last N epochs, >= 0
+    lookahead: bool = False           # Lookahead (slow weights) every 5 steps
+    # --- evaluation ---
+    tta: str = "multi"                # 'none', 'flip' or 'multi' (flip + 1-pixel translations)
+    eval_every: int = 1               # evaluate the test set every N epochs (outside the timer); 0 = only at the end
+    # --- machine ---
+    device: str = "auto"              # 'auto', 'cuda', 'cpu' or 'mps'
+    dtype: str = "auto"               # 'auto', 'bf16', 'fp16' or 'fp32'
+    channels_last: str = "auto"       # 'auto', 'on' or 'off'
+    compile: bool = False             # torch.compile the model (falls back cleanly where unsupported)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# (field, allowed set) and (field, low, high) checks, so errors name the field and the range.
+_CHOICES = {
+    "net": ("record", "seed"), "act": ("gelu", "silu", "relu"),
+    "flip": ("alternate", "random", "none"), "optimizer": ("muon", "sgd"),
+    "schedule": ("linear", "onecycle"), "tta": ("none", "flip", "multi"),
+    "device": ("auto", "cuda", "cpu", "mps"), "dtype": ("auto", "bf16", "fp16", "fp32"),
+    "channels_last": ("auto", "on", "off"),
+}
+_RANGES = {
+    "bn_momentum": (0.0, 1.0), "bn_eps": (0.0, 1.0), "batch_size": (1, 50000),
+    "epochs": (1e-9, 1000.0), "translate": (0, 8), "cutout": (0, 32), "lr": (0.0, 100.0),
+    "momentum": (0.0, 1.0), "sgd_momentum": (0.0, 1.0), "bias_lr": (0.0, 100.0),
+    "head_lr": (0.0, 100.0), "weight_decay": (0.0, 1.0), "ns_steps": (1, 10),
+    "label_smoothing": (0.0, 1.0), "warmup": (0.0, 1.0), "peak": (0.0, 1.0),
+    "start_lr": (0.0, 10.0), "end_lr": (0.0, 10.0), "whiten_bias_epochs": (0.0, 1000.0),
+    "ema_decay": (0.0, 1.0), "ema_every": (1, 10000), "ema_epochs": (0.0, 1000.0),
+    "eval_every": (0, 1000),
+}
+
+
+def _validate(cfg: TrainConfig) -> None:
+    for name, allowed in _CHOICES.items():
+        value = getattr(cfg, name)
+        if value not in allowed:
+            raise ValueError(f"TrainConfig.{name}={value!r} is not allowed; choose one of {allowed}")
+    for name, (low, high) in _RANGES.items():
+        value = getattr(cfg, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
+            raise ValueError(f"TrainConfig.{name}={value!r} is out of range; allowed {low}..{high}")
+    groups = 4 if cfg.net == "seed" else 3
+    if len(cfg.widths) != groups or any(int(w) < 1 for w in cfg.widths):
+        raise ValueError(f"TrainConfig.widths={cfg.widths!r}: the {cfg.net} net needs {groups} positive widths")
+    for name in ("train_subset", "test_subset"):
+        value = getattr(cfg, name)
+        if value is not None and not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"TrainConfig.{name}={value!r} must be None or a positive integer")
+
+
+# The presets. `full` follows airbench94_muon's published hyperparameters (see RECIPES in the
+# README's credits); `seed` follows hlb-CIFAR10's SE-ResNet era; `cpu` and `quick` are ours.
+_PROFILES: dict[str, dict[str, Any]] = {
+    "full": dict(),
+    "seed": dict(
+        net="seed", widths=(64, 128, 256, 512), bn_momentum=0.2, batch_size=512, epochs=10,
+        flip="random", translate=3, optimizer="sgd", lr=0.01, sgd_momentum=0.85, bias_lr=0.32,
+        head_lr=0.01, weight_decay=1e-5, schedule="onecycle", peak=0.25, start_lr=0.0,
+        end_lr=0.135, whiten_bias_epochs=0.0, ema_decay=0.986 ** 2, ema_every=2, ema_epochs=2,
+        tta="flip",
+    ),
+    "cpu": dict(
+        widths=(32, 128, 128), batch_size=500, epochs=4, lr=0.24, head_lr=0.67, bias_lr=0.053,
+        tta="multi", dtype="fp32",
+    ),
+    "quick": dict(
+        widths=(16, 32, 32), batch_size=250, epochs=4, train_subset=5000, test_subset=2000,
+        tta="flip", dtype="fp32", eval_every=1, whiten_bias_epochs=1.0,
+    ),
+}
+
+
+def resolve_profile(name: str | None = None) -> str:
+    """'auto' (the default) means `full` on CUDA and `cpu` elsewhere; HLB_PROFILE overrides it."""
+    name = name or os.environ.get("HLB_PROFILE") or "auto"
+    if name == "auto":
+        name = "full" if torch.cuda.is_available() else "cpu"
+    if name not in _PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose one of {PROFILE_NAMES + ('auto',)}")
+    return name
+
+
+def get_profile(name: str | None = None, **changes: Any) -> TrainConfig:
+    """The named preset as a TrainConfig, with optional field changes on top."""
+    name = resolve_profile(name)
+    return TrainConfig(profile=name, **{**_PROFILES[name], **changes})
