@@ -1,0 +1,121 @@
+"""Which device, precision and memory format to train with, and a torch.compile that never breaks a run.
+
+Taught in notebook 05 (speed tricks). Every anchor hard-codes CUDA; here the device is a parameter and
+each choice falls back to what the machine supports: bf16 where the GPU has it, fp16 where it lacks it
+(T4, V100), fp32 on the CPU and on Apple's MPS.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' prefers CUDA, then Apple MPS, then the CPU. Asking for a missing device is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was asked for, but torch sees no CUDA GPU; use device='auto' or 'cpu'")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RuntimeError("device='mps' was asked for, but this machine has no Apple MPS; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def pick_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
+    """Compute precision: 'auto' is bf16 on CUDA GPUs that have it, fp16 on older ones, fp32 elsewhere."""
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if name != "auto":
+        if device.type == "cpu" and name == "fp16":
+            raise ValueError("dtype='fp16' is too slow or unsupported on the CPU; use 'fp32' or 'auto'")
+        return table[name]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def use_channels_last(device: torch.device, setting: str = "auto") -> bool:
+    """channels_last pays on CUDA (tensor cores) and on the CPU (oneDNN); on MPS it slows convnets."""
+    if setting == "on":
+        return True
+    if setting == "off":
+        return False
+    return device.type in ("cuda", "cpu")
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's marketing name, or 'cpu' / 'mps', for run records."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
+def maybe_compile(model: nn.Module, enabled: bool, device: torch.device) -> tuple[Callable, str]:
+    """torch.compile the model where it can work, else return it unchanged with a one-line reason.
+
+    Compilation is lazy (it happens on the first call), so the trainer times a warm-up step apart
+    and reports it as compile time, never as training time.
+    """
+    if not enabled:
+        return model, "off"
+    if device.type != "cuda":
+        return model, f"compile skipped on {device.type} (only CUDA is supported here)"
+    try:
+        import triton  # noqa: F401  (no Triton, e.g. on Windows: no compile)
+    except ImportError:
+        return model, "compile skipped: Triton is not installed"
+    props = torch.cuda.get_device_properties(device)
+    # max-autotune warns "not enough SMs" on small GPUs; a plain compile still helps there.
+    mode = "max-autotune" if props.multi_processor_count >= 68 else "default"
+    try:
+        return torch.compile(model, mode=mode), f"compiled ({mode})"
+    except Exception as err:  # pragma: no cover - depends on the platform
+        warnings.warn(f"torch.compile failed, training uncompiled: {err}")
+        return model, f"compile failed: {type(err).__name__}"
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a clock read after it measures finished work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+class Timer:
+    """Accumulates seconds of the timed regions only (training steps), as the anchors do.
+
+    On CUDA it uses device events around each region, synchronised when read; elsewhere wall time.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device, self.total, self._start = device, 0.0, None
+        self._cuda = device.type == "cuda"
+
+    def start(self) -> None:
+        if self._cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            synchronize(self.device)
+            self._start = time.perf_counter()
+
+    def stop(self) -> float:
+        """End the region; returns the total seconds so far (synchronises the device)."""
+        if self._cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            end.synchronize()
+            self.total += self._start.elapsed_time(end) / 1000.0
+        else:
+            synchronize(self.device)
+            self.total += time.perf_counter() - self._start
+        self._start = None
+        return self.total

@@ -1,0 +1,219 @@
+"""Notebook plumbing: the Colab badge, the set-up cell, `show_source`, and headless execution.
+
+Every notebook (00 to 07) starts with the badge from `colab_badge` and the set-up cell `SETUP_CELL`,
+which installs this package from the repository when it is missing (Colab) and then calls `setup()`.
+`run_notebook` executes a notebook with no Jupyter server, for README's first command:
+
+    python -m hlb_utils.notebook run notebooks/06_record_run.ipynb --out runs/record [--profile NAME]
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hlb_utils
+
+# The repository, written in one place: the badges, the set-up cell and the docs derive from it.
+REPO = "hlb-notebooks/hlb-notebooks"
+REPO_URL = f"https://github.com/{REPO}"
+# The ref that Colab opens and installs from. Pinned to this version's tag, so that a notebook
+# opened from the badge always gets the library it was written against.
+REF = f"v{hlb_utils.__version__}"
+COLAB_BADGE_SVG = "https://colab.research.google.com/assets/colab-badge.svg"
+
+# The first code cell of every notebook, identical everywhere (the one repetition the series allows;
+# tests/test_notebooks.py checks that each notebook carries exactly this text).
+SETUP_CELL = f"""\
+# Set-up: use hlb_utils if it is installed, otherwise (e.g. in Colab) install it from the repository.
+try:
+    import hlb_utils
+except ImportError:
+    import importlib, subprocess, sys
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "git+{REPO_URL}@{REF}"], check=True)
+    importlib.invalidate_caches()
+import hlb_utils as hu
+env = hu.notebook.setup()"""
+
+GPU_HINT = ("No GPU found: running on the CPU. In Colab choose Runtime > Change runtime type > "
+            "a GPU (e.g. T4), then run all cells again.")
+
+
+def colab_url(notebook_name: str) -> str:
+    """The address that opens `notebooks/<notebook_name>` of this repository in Colab."""
+    name = Path(notebook_name).name
+    return f"https://colab.research.google.com/github/{REPO}/blob/{REF}/notebooks/{name}"
+
+
+def colab_badge(notebook_name: str) -> str:
+    """Markdown for the "Open in Colab" badge of one notebook (the first line of its first cell)."""
+    return f"[![Open In Colab]({COLAB_BADGE_SVG})]({colab_url(notebook_name)})"
+
+
+def _device_line() -> str:
+    from hlb_utils import device
+
+    found = device.pick_device("auto")
+    return f"cuda ({device.device_name(found)})" if found.type == "cuda" else found.type
+
+
+def setup(profile: str | None = None) -> dict:
+    """Say where this notebook runs: profile, device, torch and data source; returns them as a dict.
+
+    The profile follows `profile`, else `HLB_PROFILE`, else 'auto' (full on CUDA, cpu elsewhere);
+    the data follows `HLB_DATA`. Nothing is changed: this only reports.
+    """
+    import torch
+
+    from hlb_utils import config
+
+    info = {
+        "profile": config.resolve_profile(profile),
+        "device": _device_line(),
+        "torch": torch.__version__,
+        "hlb_utils": hlb_utils.__version__,
+        "data": os.environ.get("HLB_DATA") or "(default: see hu.data.load_cifar10)",
+        "cpu_threads": torch.get_num_threads(),
+    }
+    print("  ".join(f"{key}: {value}" for key, value in info.items()))
+    if info["device"] == "cpu":
+        print(GPU_HINT)
+    return info
+
+
+def _in_jupyter() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and hasattr(shell, "kernel")
+
+
+def show_source(obj: Any) -> None:
+    """Show the source of a library function or class: highlighted in Jupyter, plain in a terminal.
+
+    The notebooks use it to show library code instead of re-typing it (one source of truth).
+    """
+    try:
+        source = inspect.getsource(obj)
+    except (TypeError, OSError) as err:
+        raise TypeError(f"show_source needs a function, class or module defined in Python; "
+                        f"got {obj!r} ({err})") from None
+    if _in_jupyter():
+        from IPython.display import Markdown, display
+
+        display(Markdown(f"```python\n{source}```"))
+    else:
+        print(source)
+
+
+class NotebookError(RuntimeError):
+    """A cell failed during headless execution; the message names the cell and its source."""
+
+
+def notebook_env(out_dir: str | Path, profile: str | None = None) -> dict:
+    """The environment a headless kernel gets: this process's, plus HLB_RUN_DIR and HLB_PROFILE."""
+    env = dict(os.environ)
+    env["HLB_RUN_DIR"] = str(Path(out_dir).resolve())
+    if profile:
+        env["HLB_PROFILE"] = profile
+    # The package must import in the kernel even when it is not installed (a plain clone).
+    root = str(Path(hlb_utils.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def make_client(nb: Any, cwd: str | Path, timeout: int | None = None, echo: bool = False):
+    """A NotebookClient (kernel python3) that runs in `cwd`; with `echo`, printed text goes to stdout."""
+    from nbclient import NotebookClient
+
+    class _Client(NotebookClient):
+        def output(self, outs, msg, display_id, cell_index):
+            if echo and msg["msg_type"] == "stream":
+                sys.stdout.write(msg["content"]["text"])
+                sys.stdout.flush()
+            return super().output(outs, msg, display_id, cell_index)
+
+    return _Client(nb, timeout=timeout, kernel_name="python3",
+                   resources={"metadata": {"path": str(cwd)}})
+
+
+def _first_line(source: str) -> str:
+    lines = [ln for ln in source.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    text = lines[0].strip() if lines else ""
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _fail(cell: Any, index: int, out_path: Path) -> NotebookError:
+    errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+    what = f"{errors[0]['ename']}: {errors[0]['evalue']}" if errors else "the kernel stopped"
+    return NotebookError(f"cell {index} failed with {what}\n--- source ---\n{cell.source}\n"
+                         f"--- the partly executed notebook is at {out_path}")
+
+
+def run_notebook(path: str | Path, out_dir: str | Path, profile: str | None = None,
+                 timeout: int | None = 3600, echo: bool = True) -> Path:
+    """Execute a notebook headless and write it, with outputs and figures, into `out_dir`.
+
+    The kernel gets HLB_RUN_DIR=out_dir (the record notebook writes summary.json there) and, when
+    given, HLB_PROFILE=profile. Prints a line per code cell with its time. `timeout` is per cell,
+    in seconds (None: no limit). Raises NotebookError naming the failing cell's source and error.
+    """
+    import nbformat
+
+    path, out_dir = Path(path), Path(out_dir)
+    if not path.is_file():
+        raise FileNotFoundError(f"no notebook at {path}; the series is in notebooks/*.ipynb")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out_path = out_dir / path.name
+    nb = nbformat.read(path, as_version=4)
+    client = make_client(nb, cwd=path.parent.resolve(), timeout=timeout, echo=echo)
+    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    start = time.perf_counter()
+    with client.setup_kernel(env=notebook_env(out_dir, profile)):
+        for n, index in enumerate(code, 1):
+            cell = nb.cells[index]
+            print(f"[cell {n}/{len(code)}] {_first_line(cell.source)}", flush=True)
+            tic = time.perf_counter()
+            try:
+                client.execute_cell(cell, index)
+            except Exception as err:
+                nbformat.write(nb, out_path)
+                raise _fail(cell, index, out_path) from err
+            print(f"[cell {n}/{len(code)}] {time.perf_counter() - tic:.1f} s", flush=True)
+    nbformat.write(nb, out_path)
+    print(f"done in {time.perf_counter() - start:.1f} s: {out_path}", flush=True)
+    return out_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m hlb_utils.notebook run NOTEBOOK --out DIR [--profile NAME] [--timeout S]`."""
+    parser = argparse.ArgumentParser(prog="python -m hlb_utils.notebook",
+                                     description="Run a notebook of the series headless.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="execute a notebook and save it with its outputs")
+    run.add_argument("notebook", help="e.g. notebooks/06_record_run.ipynb")
+    run.add_argument("--out", default="runs/record", help="folder for the executed notebook and run records")
+    run.add_argument("--profile", default=None, help="full, seed, cpu, quick (default: HLB_PROFILE or auto)")
+    run.add_argument("--timeout", type=int, default=3600, help="seconds allowed per cell")
+    args = parser.parse_args(argv)
+    if args.profile:
+        from hlb_utils import config
+
+        config.resolve_profile(args.profile)  # a bad name fails here, before a kernel starts
+    try:
+        run_notebook(args.notebook, args.out, profile=args.profile, timeout=args.timeout)
+    except (NotebookError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

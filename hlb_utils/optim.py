@@ -1,0 +1,266 @@
+"""Optimisation: parameter groups, the Muon optimiser, lr schedules, EMA, Lookahead, the loss.
+
+Notebook 02 (baseline) teaches `smoothed_cross_entropy` and plain Nesterov SGD; notebook 03
+(SE-ResNet) adds `split_params` (a separate, larger lr for biases), the one-cycle schedule and `EMA`;
+notebook 04 (the recipe) adds `Lookahead` and `Muon` (`newton_schulz` shown step by step);
+notebook 06 (the record run) uses `make_optimizers` exactly as `train.train` does.
+"""
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Quintic Newton-Schulz coefficients of airbench94_muon / Keller Jordan's Muon: picked to lift small
+# singular values fast, at the price of leaving them spread around 1 instead of exactly 1.
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+PARAM_KINDS = ("filters", "norm_biases", "whiten_bias", "head", "other")
+
+
+def split_params(net: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Trainable parameters by role, each exactly once (the groups of DEVELOPERS.md).
+
+    'filters': 4-D conv weights (whitening excluded); 'norm_biases': BN biases and other 1-D params;
+    'whiten_bias'; 'head': net.head.weight; 'other': the rest (e.g. squeeze-and-excite weights).
+    They differ enough in scale that each wants its own lr (hlb: biases x32, airbench x64).
+    """
+    whiten, head = getattr(net, "whiten", None), getattr(net, "head", None)
+    if whiten is None or head is None:
+        raise ValueError("split_params needs a net with `.whiten` and `.head` (see hlb_utils.model)")
+    parts: dict[str, list[nn.Parameter]] = {kind: [] for kind in PARAM_KINDS}
+    for p in net.parameters():
+        if not p.requires_grad:
+            continue
+        if p is whiten.bias:
+            kind = "whiten_bias"
+        elif p is head.weight:
+            kind = "head"
+        elif p.ndim == 4 and p is not whiten.weight:
+            kind = "filters"
+        elif p.ndim == 1:
+            kind = "norm_biases"
+        else:
+            kind = "other"
+        parts[kind].append(p)
+    return parts
+
+
+def default_ns_dtype(device: torch.device | str) -> torch.dtype:
+    """bf16 on CUDA where supported, fp16 on older CUDA GPUs (T4, V100), fp32 elsewhere."""
+    if torch.device(device).type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def newton_schulz(G: torch.Tensor, steps: int = 3, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Approximately orthogonalise matrices: push every singular value of G towards 1 (notebook 04).
+
+    G is (..., m, n); a batch of same-shaped matrices runs at once. Each is first divided by its
+    Frobenius norm (+1e-7) so all singular values are <= 1, then each step maps X to
+    a X + (b XX^T + c (XX^T)^2) X, which acts on each singular value s as a s + b s^3 + c s^5.
+    With 3 steps the singular values land roughly in 0.5..1.5, which trains as well as exactly 1.
+    Runs in `dtype` (default: `default_ns_dtype` of G's device) and returns that dtype.
+    """
+    a, b, c = NS_COEFFS
+    X = G.to(dtype or default_ns_dtype(G.device))
+    tall = X.shape[-2] > X.shape[-1]
+    if tall:
+        # Iterate on the wide orientation: X X^T is then the smaller Gram matrix.
+        X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    for _ in range(steps):
+        A = X @ X.mT
+        X = a * X + (b * A + c * A @ A) @ X
+    return X.mT if tall else X
+
+
+class Muon(torch.optim.Optimizer):
+    """Momentum, then an orthogonalised update per conv filter bank (airbench94_muon, notebook 04).
+
+    Each 4-D weight's update is reshaped to (out, in*k*k) and orthogonalised by `newton_schulz`;
+    weights of the same shape are stacked and orthogonalised in one batched call. As in
+    airbench94_muon, each weight is first rescaled to Frobenius norm sqrt(out channels); the
+    orthogonalised update has about that norm too (its singular values are ~1 and there are
+    min(out, in*k*k) = out of them for our convs), so `lr` is the relative step size whatever the
+    shape. The rescaling makes weight decay pointless, so Muon has none.
+    `dtype=None` picks `default_ns_dtype` of each weight's device.
+    """
+
+    def __init__(self, params, lr: float = 0.24, momentum: float = 0.6, nesterov: bool = True,
+                 ns_steps: int = 3, dtype: torch.dtype | None = None) -> None:
+        if lr < 0 or not 0 <= momentum < 1 or ns_steps < 1:
+            raise ValueError(f"Muon: need lr >= 0, 0 <= momentum < 1, ns_steps >= 1; "
+                             f"got lr={lr}, momentum={momentum}, ns_steps={ns_steps}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps))
+        self.ns_dtype = dtype
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = torch.enable_grad()(closure)() if closure is not None else None
+        for group in self.param_groups:
+            by_shape = defaultdict(list)
+            for p in group["params"]:
+                if p.grad is not None:
+                    by_shape[(p.shape, p.device)].append((p, self._momentum(p, group)))
+            for (shape, _), items in by_shape.items():
+                updates = newton_schulz(torch.stack([g.reshape(shape[0], -1) for _, g in items]),
+                                        group["ns_steps"], self.ns_dtype)
+                for (p, _), update in zip(items, updates):
+                    p.mul_(shape[0] ** 0.5 / p.norm().clamp_min(1e-12))
+                    p.add_(update.view(shape).to(p.dtype), alpha=-group["lr"])
+        return loss
+
+    def _momentum(self, p: torch.Tensor, group: dict) -> torch.Tensor:
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p.grad)
+        buf = state["momentum_buffer"].mul_(group["momentum"]).add_(p.grad)
+        return p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
+
+
+def _piecewise_linear(t: float, points: list[tuple[float, float]]) -> float:
+    """Value at t of the polyline through (t, value) points sorted by t."""
+    for (t0, v0), (t1, v1) in zip(points, points[1:]):
+        if t <= t1:
+            return v1 if t1 <= t0 else v0 + (v1 - v0) * (t - t0) / (t1 - t0)
+    return points[-1][1]
+
+
+def lr_multiplier(cfg, step: int, total_steps: int) -> float:
+    """Factor on every group's `initial_lr` at `step` (0-based) of `total_steps` (notebooks 03, 04).
+
+    'linear': 0 -> 1 over the first `cfg.warmup` of the steps, then linearly to `cfg.end_lr` at the
+    end (airbench94_muon: no warm-up, 1 -> 0). 'onecycle': `cfg.start_lr` -> 1 at `cfg.peak`, then
+    linearly to `cfg.end_lr` (hlb: 0 -> 1 -> 0.135).
+    """
+    if total_steps < 1:
+        raise ValueError(f"lr_multiplier: total_steps={total_steps} must be >= 1")
+    t = min(max(step / total_steps, 0.0), 1.0)
+    if cfg.schedule == "linear":
+        points = [(0.0, 0.0 if cfg.warmup > 0 else 1.0), (cfg.warmup, 1.0), (1.0, cfg.end_lr)]
+    elif cfg.schedule == "onecycle":
+        points = [(0.0, cfg.start_lr), (cfg.peak, 1.0), (1.0, cfg.end_lr)]
+    else:
+        raise ValueError(f"TrainConfig.schedule={cfg.schedule!r} is unknown; choose 'linear' or 'onecycle'")
+    return float(_piecewise_linear(t, points))
+
+
+def schedule_curve(cfg, total_steps: int) -> list[float]:
+    """The multiplier at each step 0..total_steps-1, for `plots.plot_lr_schedule`."""
+    return [lr_multiplier(cfg, s, total_steps) for s in range(total_steps)]
+
+
+class EMA:
+    """Exponential moving average of a net's weights (hlb, notebook 03).
+
+    `ema.model` is a deep copy (eval mode, no grads) kept in sync by `update(net)`: each float
+    parameter moves to decay * ema + (1 - decay) * net; buffers (BN running statistics) are copied,
+    since they already average recent batches. Evaluate `ema.model` directly, or `copy_to(net)`.
+    """
+
+    def __init__(self, net: nn.Module, decay: float) -> None:
+        if not 0 <= decay < 1:
+            raise ValueError(f"EMA: decay={decay} must be in [0, 1)")
+        self.decay = decay
+        self.model = copy.deepcopy(net).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, net: nn.Module) -> None:
+        for mine, theirs in zip(self.model.parameters(), net.parameters()):
+            if mine.is_floating_point():
+                mine.lerp_(theirs.detach().to(mine.dtype), 1 - self.decay)
+        for mine, theirs in zip(self.model.buffers(), net.buffers()):
+            mine.copy_(theirs)
+
+    @torch.no_grad()
+    def copy_to(self, net: nn.Module) -> None:
+        """Overwrite `net`'s parameters and buffers with the averaged ones."""
+        for mine, theirs in zip(self.model.parameters(), net.parameters()):
+            theirs.copy_(mine)
+        for mine, theirs in zip(self.model.buffers(), net.buffers()):
+            theirs.copy_(mine)
+
+
+class Lookahead:
+    """Slow weights pulled towards the fast ones every `k` steps (airbench94, notebook 04).
+
+    At every k-th step s: slow <- slow + (1 - d) (fast - slow), then fast <- slow, with
+    d = alpha * (s / total_steps)^3: free movement early, strong averaging late (airbench94:
+    alpha = 0.95^5, k = 5). Applies to all float parameters and buffers. Call `finish(net)` after the
+    last step to leave the net at the slow weights, as airbench94 does.
+    """
+
+    def __init__(self, net: nn.Module, total_steps: int, k: int = 5, alpha: float = 0.95 ** 5) -> None:
+        if total_steps < 1 or k < 1 or not 0 <= alpha <= 1:
+            raise ValueError(f"Lookahead: need total_steps >= 1, k >= 1, 0 <= alpha <= 1; "
+                             f"got {total_steps}, {k}, {alpha}")
+        self.net, self.total_steps, self.k, self.alpha = net, total_steps, k, alpha
+        self.slow = [t.detach().clone() for t in self._tensors(net)]
+
+    @staticmethod
+    def _tensors(net: nn.Module) -> list[torch.Tensor]:
+        return [t for t in (*net.parameters(), *net.buffers()) if t.is_floating_point()]
+
+    def decay(self, step_index: int) -> float:
+        return self.alpha * min(step_index / self.total_steps, 1.0) ** 3
+
+    def step(self, step_index: int) -> None:
+        """Call after each optimiser step with the count of steps done (1-based)."""
+        if step_index % self.k == 0:
+            self._pull(self.decay(step_index))
+
+    def finish(self) -> None:
+        self._pull(1.0)
+
+    @torch.no_grad()
+    def _pull(self, decay: float) -> None:
+        for slow, fast in zip(self.slow, self._tensors(self.net)):
+            slow.lerp_(fast.to(slow.dtype), 1 - decay)
+            fast.copy_(slow)
+
+
+def smoothed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothing: float = 0.2,
+                           reduction: str = "sum") -> torch.Tensor:
+    """Cross-entropy against (1 - smoothing) one-hot + smoothing / classes, in fp32 (notebook 02).
+
+    Summed over the batch by default, as in hlb and airbench: the lrs are per step of summed loss.
+    """
+    return F.cross_entropy(logits.float(), targets, label_smoothing=smoothing, reduction=reduction)
+
+
+def _group(name: str, params: list, lr: float, wd: float) -> dict:
+    # SGD adds weight_decay * w to the gradient, then scales by the group's lr; dividing by the base
+    # lr makes the per-step decay wd * (schedule multiplier), whatever the group's lr (airbench).
+    return dict(params=params, lr=lr, initial_lr=lr, name=name, weight_decay=wd / lr if lr > 0 else 0.0)
+
+
+def make_optimizers(net: nn.Module, cfg) -> list[torch.optim.Optimizer]:
+    """The optimisers `cfg` asks for, each group tagged with `name` and `initial_lr` (notebook 06).
+
+    'muon': Muon on the filters; Nesterov SGD on 'whiten_bias', 'norm_biases' and 'other' (bias_lr)
+    and 'head' (head_lr). 'sgd': one Nesterov SGD; filters and other at lr. Weight decay is
+    `cfg.weight_decay * cfg.batch_size` per step at full lr, scaled by the schedule (see `_group`);
+    as in airbench it is PyTorch's coupled L2 term, so it also flows through momentum.
+    The trainer sets group['lr'] = group['initial_lr'] * lr_multiplier(...) each step, and sets
+    the 'whiten_bias' group's lr to 0 after cfg.whiten_bias_epochs.
+    """
+    parts, wd = split_params(net), cfg.weight_decay * cfg.batch_size
+    sgd_groups = [_group("whiten_bias", parts["whiten_bias"], cfg.bias_lr, wd),
+                  _group("norm_biases", parts["norm_biases"], cfg.bias_lr, wd),
+                  _group("head", parts["head"], cfg.head_lr, wd)]
+    if cfg.optimizer == "muon":
+        sgd_groups.append(_group("other", parts["other"], cfg.bias_lr, wd))
+        filters = dict(params=parts["filters"], lr=cfg.lr, initial_lr=cfg.lr, name="filters")
+        optimizers = [Muon([filters], lr=cfg.lr, momentum=cfg.momentum, ns_steps=cfg.ns_steps)]
+    elif cfg.optimizer == "sgd":
+        sgd_groups.append(_group("filters", parts["filters"] + parts["other"], cfg.lr, wd))
+        optimizers = []
+    else:
+        raise ValueError(f"TrainConfig.optimizer={cfg.optimizer!r} is unknown; choose 'muon' or 'sgd'")
+    sgd_groups = [g for g in sgd_groups if g["params"]]
+    optimizers.insert(0, torch.optim.SGD(sgd_groups, lr=cfg.bias_lr, momentum=cfg.sgd_momentum,
+                                         nesterov=True))
+    return optimizers

@@ -1,0 +1,122 @@
+"""Many runs, their statistics, and the run records written to disk.
+
+Taught in notebook 06. A claim like "94% in N seconds" is a claim about a mean: `run_many` trains the
+same config with seeds seed, seed+1, ... and `summary` says how sure we can be of it. `write_records`
+leaves a folder anyone can check later: `summary.json`, `runs.csv` and `history.csv`.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .config import TrainConfig
+from .stats import summarize_accuracies
+from .train import TrainResult, train
+
+
+@dataclass
+class RunsResult:
+    """`table`: one row per run; `summary`: one row of statistics; `results`: the TrainResults."""
+
+    config: TrainConfig
+    results: list[TrainResult]
+    target: float = 0.94
+    warmup_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def accuracies(self) -> list[float]:
+        return [r.test_accuracy for r in self.results]
+
+    @property
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame([dict(run=i, seed=r.config.seed, test_accuracy=r.test_accuracy,
+                                  train_seconds=r.train_seconds, compile_seconds=r.compile_seconds,
+                                  tta_seconds=r.tta_seconds, peak_memory_mb=r.peak_memory_mb)
+                             for i, r in enumerate(self.results)])
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        stats = summarize_accuracies(self.accuracies, self.target)
+        secs = [r.train_seconds for r in self.results]
+        stats.update(mean_seconds=statistics.fmean(secs), median_seconds=statistics.median(secs))
+        return pd.DataFrame([stats])
+
+
+def run_many(cfg: TrainConfig, data, runs: int = 5, target: float = 0.94, warmup_runs: int = 0,
+             verbose: bool = True) -> RunsResult:
+    """Train `runs` times with seeds cfg.seed, cfg.seed+1, ...; warm-up runs (seeds below) are not kept.
+
+    Only the first counted run shows its live table; later runs print one line each.
+    """
+    if runs < 1:
+        raise ValueError(f"runs={runs} must be at least 1")
+    warm = []
+    for i in range(warmup_runs):
+        res = train(cfg.replace(seed=cfg.seed - warmup_runs + i), data, verbose=False)
+        warm.append(res.wall_seconds)
+        if verbose:
+            print(f"warm-up run {i + 1}/{warmup_runs}: {res.wall_seconds:.1f} s (not counted)")
+    results = []
+    for i in range(runs):
+        res = train(cfg.replace(seed=cfg.seed + i), data, verbose=verbose and i == 0)
+        results.append(res)
+        if verbose:
+            print(f"run {i + 1}/{runs}: accuracy {res.test_accuracy:.4f}  training {res.train_seconds:.2f} s")
+        if res.interrupted:
+            break
+    out = RunsResult(cfg, results, target, warm)
+    if verbose and len(results) > 1:
+        s = out.summary.iloc[0]
+        print(f"{len(results)} runs: mean {s['mean']:.4f} +- {s['std']:.4f} (std), "
+              f"95% CI [{s['ci95_low']:.4f}, {s['ci95_high']:.4f}], {s['mean_seconds']:.2f} s mean")
+    return out
+
+
+def write_records(result: TrainResult | RunsResult, out_dir, data_source: str = "",
+                  wall_seconds: float | None = None) -> Path:
+    """Write summary.json, runs.csv and history.csv (with a `run` column) into out_dir."""
+    runs = result if isinstance(result, RunsResult) else RunsResult(result.config, [result])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    first = runs.results[0]
+    histories = [r.history.assign(run=i) for i, r in enumerate(runs.results)]
+    pd.concat(histories, ignore_index=True).to_csv(out / "history.csv", index=False)
+    runs.table.to_csv(out / "runs.csv", index=False)
+    stats = runs.summary.iloc[0].to_dict()
+    summary = dict(
+        profile=runs.config.profile, test_accuracy=stats["mean"], accuracies=runs.accuracies,
+        test_accuracy_std=stats["std"], ci95=[stats["ci95_low"], stats["ci95_high"]],
+        p_value_vs_target=stats["p_value"], target=runs.target,
+        train_seconds=stats["mean_seconds"], train_seconds_all=[r.train_seconds for r in runs.results],
+        compile_seconds=first.compile_seconds, tta_seconds=statistics.fmean(r.tta_seconds for r in runs.results),
+        wall_seconds=wall_seconds if wall_seconds is not None else sum(r.wall_seconds for r in runs.results),
+        epochs=runs.config.epochs, runs=len(runs.results), warmup_runs=len(runs.warmup_seconds),
+        device=first.device, torch=torch.__version__, data=str(data_source),
+        seed=runs.config.seed, peak_memory_mb=max((r.peak_memory_mb or 0) for r in runs.results),
+        interrupted=any(r.interrupted for r in runs.results),
+        date=_dt.datetime.now().isoformat(timespec="seconds"), config=runs.config.to_dict(),
+    )
+    text = json.dumps(_clean(summary), indent=2)
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, out / "summary.json")
+    return out
+
+
+def _clean(obj):
+    """JSON has no NaN: write null instead, and plain lists for tuples."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj

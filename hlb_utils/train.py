@@ -1,0 +1,325 @@
+"""Train a network from a TrainConfig and get back everything measured about the run.
+
+Taught in notebooks 04 (the recipe) and 06 (the record run). `train(cfg, data)` builds its own model,
+optimisers and loaders every time it is called, so re-running a notebook cell never continues from
+trained weights by accident. Timing follows the anchors: only the training steps are inside the timer
+(CUDA events on a GPU, wall time elsewhere); whitening init, per-epoch evaluation, test-time
+augmentation and compilation are measured apart and reported on their own.
+
+Command line (for headless runs and the GPU benchmark):
+    python -m hlb_utils.train --profile quick --runs 2 --data PATH --out runs/quick
+"""
+from __future__ import annotations
+
+import math
+import resource
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+from torch import nn
+
+from . import data as data_mod
+from .config import TrainConfig, get_profile
+from .device import Timer, device_name, maybe_compile, pick_device, pick_dtype, use_channels_last
+from .evaluate import evaluate
+from .loader import DeviceLoader
+from .model import init_whitening, make_net
+from .optim import EMA, Lookahead, lr_multiplier, make_optimizers, smoothed_cross_entropy
+from .progress import LiveTable
+
+WHITEN_IMAGES = 5000  # training images used to estimate the patch covariance (airbench's choice)
+COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "ema_acc", "tta_acc", "train_seconds"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    """What one run produced. `history` has one row per epoch (columns in COLUMNS, plus lr)."""
+
+    config: TrainConfig
+    history: pd.DataFrame
+    test_accuracy: float          # final accuracy with the config's TTA, 0..1 (NaN if interrupted early)
+    train_seconds: float          # training steps only (see module docstring)
+    compile_seconds: float = 0.0  # compile + warm-up, never inside train_seconds
+    init_seconds: float = 0.0     # whitening initialisation
+    tta_seconds: float = 0.0      # the final evaluation with TTA
+    wall_seconds: float = 0.0     # the whole call, loading and evaluation included
+    device: str = "cpu"
+    peak_memory_mb: float | None = None
+    interrupted: bool = False
+    compile_note: str = "off"
+    model: nn.Module | None = field(default=None, repr=False)
+
+
+def _subset(images, labels, n, seed=0):
+    """The first n of a fixed shuffle, so a subset holds every class (the replica is class-ordered)."""
+    if n is None or n >= len(labels):
+        return images, labels
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:n]
+    return images[order], labels[order]
+
+
+def _loaders(cfg: TrainConfig, data, device, dtype, channels_last):
+    train_x, train_y = _subset(data.train_images, data.train_labels, cfg.train_subset)
+    test_x, test_y = _subset(data.test_images, data.test_labels, cfg.test_subset)
+    train = DeviceLoader(train_x, train_y, cfg.batch_size, train=True, device=device, dtype=dtype,
+                         channels_last=channels_last, flip=cfg.flip, translate=cfg.translate,
+                         cutout=cfg.cutout, seed=cfg.seed)
+    # 2000 test images per batch on a GPU and 1000 on the CPU keep evaluation memory small.
+    eval_batch = 2000 if device.type == "cuda" else 1000
+    test = DeviceLoader(test_x, test_y, eval_batch, train=False, device=device, dtype=dtype,
+                        channels_last=channels_last, mean=train.mean, std=train.std, flip="none")
+    return train, test
+
+
+def _set_lrs(optimizers, cfg: TrainConfig, step: int, total: int, whiten_steps: int) -> float:
+    """Scale every group's initial lr by the schedule; the whitening bias decays to 0 on its own clock."""
+    mult = lr_multiplier(cfg, step, total)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            if group.get("name") == "whiten_bias":
+                group["lr"] = group["initial_lr"] * max(0.0, 1 - step / whiten_steps) if whiten_steps else 0.0
+            else:
+                group["lr"] = group["initial_lr"] * mult
+    return mult
+
+
+def _warm_up(step_fn, net: nn.Module, batch) -> float:
+    """Run the compiled step twice (compilation happens here), then restore the weights and stats."""
+    saved = {k: v.clone() for k, v in net.state_dict().items()}
+    start = time.perf_counter()
+    for _ in range(2):
+        step_fn(*batch, update=False)
+    if batch[0].device.type == "cuda":
+        torch.cuda.synchronize()
+    net.load_state_dict(saved)
+    return time.perf_counter() - start
+
+
+def _peak_memory_mb(device) -> float:
+    """Peak CUDA memory of this run; elsewhere the process's peak resident memory (Linux: KiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = None,
+          verbose: bool = True) -> TrainResult:
+    """Train once. `data` is a Cifar10 tuple or a source for `load_cifar10` (None: HLB_DATA).
+
+    Pass your own `model` to train it with the same recipe (if it has `.whiten` and `.head`, they are
+    treated like ours; otherwise all its weights are ordinary parameters).
+    """
+    wall_start = time.perf_counter()
+    cfg = cfg or get_profile()
+    if data is None or isinstance(data, (str, bytes)) or hasattr(data, "__fspath__"):
+        data = data_mod.load_cifar10(data)
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(device, cfg.dtype)
+    channels_last = use_channels_last(device, cfg.channels_last)
+    torch.manual_seed(cfg.seed)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    train_loader, test_loader = _loaders(cfg, data, device, dtype, channels_last)
+    net = (model if model is not None else make_net(cfg)).to(device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    init_start = time.perf_counter()
+    if hasattr(net, "whiten"):
+        init_whitening(net, train_loader.images[:WHITEN_IMAGES])
+    init_seconds = time.perf_counter() - init_start
+    optimizers = make_optimizers(net, cfg)
+    compiled, compile_note = maybe_compile(net, cfg.compile, device)
+    autocast = dtype if dtype != torch.float32 else None
+    run = _Run(cfg, net, compiled, optimizers, train_loader, test_loader, device, autocast, verbose)
+    compile_seconds = 0.0
+    if compiled is not net:
+        compile_seconds = _warm_up(run.step, net, next(iter(train_loader)))
+        train_loader.reset()
+    if verbose and compile_note != "off":
+        print(f"torch.compile: {compile_note}" + (f" ({compile_seconds:.1f} s warm-up, not timed)"
+                                                   if compile_seconds else ""))
+    history, interrupted = run.loop()
+    final_net = run.ema.model if run.ema is not None and run.ema_started else compiled
+    tta_start = time.perf_counter()
+    acc = math.nan
+    if not interrupted or history:
+        acc = evaluate(final_net, test_loader, tta=cfg.tta, autocast_dtype=autocast)["acc"]
+        if history:
+            history[-1]["tta_acc"] = acc
+            run.table.update_last(history[-1])
+    tta_seconds = time.perf_counter() - tta_start
+    frame = pd.DataFrame(history, columns=COLUMNS + ["lr"])
+    if verbose:
+        print(f"final test accuracy (TTA {cfg.tta}): {acc:.4f}   training: {run.timer.total:.2f} s")
+    return TrainResult(config=cfg, history=frame, test_accuracy=acc, train_seconds=run.timer.total,
+                       compile_seconds=compile_seconds, init_seconds=init_seconds, tta_seconds=tta_seconds,
+                       wall_seconds=time.perf_counter() - wall_start, device=device_name(device),
+                       peak_memory_mb=_peak_memory_mb(device), interrupted=interrupted,
+                       compile_note=compile_note, model=net)
+
+
+class _Run:
+    """The state of one training loop. Private: `train()` is the public face."""
+
+    def __init__(self, cfg, net, compiled, optimizers, train_loader, test_loader, device, autocast, verbose):
+        self.cfg, self.net, self.compiled, self.optimizers = cfg, net, compiled, optimizers
+        self.train_loader, self.test_loader, self.device, self.autocast = train_loader, test_loader, device, autocast
+        self.steps_per_epoch = len(train_loader)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"TrainConfig.batch_size={cfg.batch_size} is larger than the "
+                             f"{cfg.train_subset or 'all'} training images; lower it")
+        self.total_steps = max(1, round(cfg.epochs * self.steps_per_epoch))
+        self.whiten_steps = round(cfg.whiten_bias_epochs * self.steps_per_epoch)
+        self.ema_start = self.total_steps - round(cfg.ema_epochs * self.steps_per_epoch)
+        self.ema = EMA(net, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.ema_started = False
+        self.lookahead = Lookahead(net) if cfg.lookahead else None
+        self.timer = Timer(device)
+        self.table = LiveTable(COLUMNS, enabled=verbose)
+
+    def step(self, x, y, update: bool = True):
+        """One optimisation step; returns (summed loss, correct count) as device tensors."""
+        ctx = torch.autocast(x.device.type, dtype=self.autocast) if self.autocast else nullcontext()
+        with ctx:
+            logits = self.compiled(x)
+            loss = smoothed_cross_entropy(logits.float(), y, self.cfg.label_smoothing, reduction="sum")
+        loss.backward()
+        if update:
+            for opt in self.optimizers:
+                opt.step()
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        return loss.detach(), (logits.detach().argmax(1) == y).sum()
+
+    def loop(self) -> tuple[list[dict], bool]:
+        history, step = [], 0
+        epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        try:
+            for epoch in range(1, epochs + 1):
+                step, stats = self._epoch(epoch, step)
+                history.append(self._row(epoch, stats, last=epoch == epochs))
+                self.table.add(history[-1])
+        except KeyboardInterrupt:
+            if self.timer._start is not None:
+                self.timer.stop()
+            print(f"\ninterrupted: kept the history of {len(history)} finished epoch(s)")
+            return history, True
+        except torch.cuda.OutOfMemoryError as err:
+            raise RuntimeError(f"CUDA ran out of memory at batch_size={self.cfg.batch_size}; try "
+                               f"cfg.replace(batch_size={max(1, self.cfg.batch_size // 2)})") from err
+        return history, False
+
+    def _epoch(self, epoch: int, step: int):
+        self.net.train()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen, lr = 0, 0.0
+        self.timer.start()
+        for x, y in self.train_loader:
+            if step >= self.total_steps:
+                break
+            lr = _set_lrs(self.optimizers, self.cfg, step, self.total_steps, self.whiten_steps)
+            loss, right = self.step(x, y)
+            self._check_finite(loss, step)
+            loss_sum += loss
+            correct += right
+            seen += len(y)
+            step += 1
+            self._average(step)
+            if self.device.type == "cpu":
+                self.table.status(f"epoch {epoch}: step {step - (epoch - 1) * self.steps_per_epoch}"
+                                  f"/{self.steps_per_epoch}")
+        self.timer.stop()
+        if not math.isfinite(loss_sum.item()):
+            self._check_finite(loss_sum, step, exact=False)
+        return step, dict(loss=loss_sum.item() / max(seen, 1), acc=correct.item() / max(seen, 1), lr=lr)
+
+    def _check_finite(self, loss, step, exact=True):
+        # On the CPU a per-step check is free; on a GPU it would stall the queue, so the
+        # epoch's summed loss is checked once at the end instead.
+        if exact and self.device.type != "cpu":
+            return
+        if not math.isfinite(loss.item()):
+            where = f"at step {step}" if exact else f"in the epoch ending at step {step}"
+            raise TrainingDiverged(f"the loss became {loss.item()} {where}; try a lower learning rate, "
+                                   f"e.g. cfg.replace(lr={self.cfg.lr / 2:g})")
+
+    def _average(self, step: int) -> None:
+        if self.lookahead is not None:
+            self.lookahead.step(step)
+        if self.ema is not None and step > self.ema_start and step % self.cfg.ema_every == 0:
+            if not self.ema_started:
+                self.ema.reset(self.net)
+                self.ema_started = True
+            else:
+                self.ema.update(self.net)
+
+    def _row(self, epoch: int, stats: dict, last: bool) -> dict:
+        every = self.cfg.eval_every
+        row = dict(epoch=epoch, train_loss=stats["loss"], train_acc=stats["acc"], test_loss=math.nan,
+                   test_acc=math.nan, ema_acc=math.nan, tta_acc=math.nan,
+                   train_seconds=self.timer.total, lr=stats["lr"])
+        if last or (every and epoch % every == 0):
+            res = evaluate(self.compiled, self.test_loader, autocast_dtype=self.autocast)
+            row.update(test_loss=res["loss"], test_acc=res["acc"])
+            if self.ema is not None and self.ema_started:
+                row["ema_acc"] = evaluate(self.ema.model, self.test_loader, autocast_dtype=self.autocast)["acc"]
+        return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m hlb_utils.train --profile NAME [--runs N] [--data SOURCE] [--out DIR]`."""
+    import argparse
+    import json
+
+    from .config import PROFILE_NAMES
+    from .runs import run_many, write_records
+
+    wall_start = time.perf_counter()
+    parser = argparse.ArgumentParser(prog="python -m hlb_utils.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", default=None, help=f"one of {PROFILE_NAMES + ('auto',)} "
+                        "(default: HLB_PROFILE, else auto = full on CUDA, cpu elsewhere)")
+    parser.add_argument("--runs", type=int, default=1, help="timed runs with seeds seed, seed+1, ...")
+    parser.add_argument("--warmup-runs", type=int, default=0, help="untimed runs first (compile, caches)")
+    parser.add_argument("--data", default=None, help="CIFAR-10 source (default: HLB_DATA)")
+    parser.add_argument("--out", default=None, help="folder for summary.json, runs.csv, history.csv")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a config field, e.g. --set epochs=10 (JSON values)")
+    parser.add_argument("--quiet", action="store_true", help="no live table")
+    args = parser.parse_args(argv)
+    changes = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected FIELD=VALUE")
+        try:
+            changes[key] = json.loads(value)
+        except json.JSONDecodeError:
+            changes[key] = value
+        if isinstance(changes[key], list):
+            changes[key] = tuple(changes[key])
+    try:
+        cfg = get_profile(args.profile, **changes)
+    except (TypeError, ValueError) as err:
+        parser.error(str(err))
+    data = data_mod.load_cifar10(args.data)
+    print(f"profile {cfg.profile}: {cfg.net} net, widths {cfg.widths}, {cfg.epochs} epochs, "
+          f"batch {cfg.batch_size}, data {data.source}")
+    result = run_many(cfg, data, runs=args.runs, warmup_runs=args.warmup_runs, verbose=not args.quiet)
+    if args.out:
+        out = write_records(result, args.out, data_source=data.source,
+                            wall_seconds=time.perf_counter() - wall_start)
+        print(f"run records written to {out}")
+    return 1 if any(r.interrupted for r in result.results) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
