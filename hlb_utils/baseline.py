@@ -66,10 +66,15 @@ def _subset(n: int | None, total: int, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _accuracy(net: nn.Module, loader: DataLoader, device: torch.device) -> float:
+def _evaluate(net: nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, float]:
+    """Mean cross entropy and accuracy over the whole test set."""
     net.eval()
-    right = sum((net(x.to(device)).argmax(1) == y.to(device)).sum().item() for x, y in loader)
-    return right / len(loader.dataset)
+    loss, right = 0.0, 0
+    for x, y in loader:
+        logits, y = net(x.to(device)), y.to(device)
+        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        right += (logits.argmax(1) == y).sum().item()
+    return loss / len(loader.dataset), right / len(loader.dataset)
 
 
 def train_baseline(data, epochs: int = 10, batch_size: int = 128, lr: float = 0.05,
@@ -107,6 +112,7 @@ def train_baseline(data, epochs: int = 10, batch_size: int = 128, lr: float = 0.
             right += (logits.argmax(1) == y).sum().item()
             seen += len(y)
         seconds += time.perf_counter() - start
+        test_loss, test_acc = _evaluate(net, test_loader, device)
         rows.append(dict(epoch=epoch, train_loss=loss_sum / seen, train_acc=right / seen,
-                         test_acc=_accuracy(net, test_loader, device), train_seconds=seconds))
+                         test_loss=test_loss, test_acc=test_acc, train_seconds=seconds))
     return pd.DataFrame(rows), rows[-1]["test_acc"], seconds

@@ -66,7 +66,8 @@ def setup(profile: str | None = None) -> dict:
     """Say where this notebook runs: profile, device, torch and data source; returns them as a dict.
 
     The profile follows `profile`, else `HLB_PROFILE`, else 'auto' (full on CUDA, cpu elsewhere);
-    the data follows `HLB_DATA`. Nothing is changed: this only reports.
+    the data follows `HLB_DATA`. In Jupyter it also switches on inline figures, so that a cell
+    ending in a Figure shows it; otherwise it only reports.
     """
     import torch
 
@@ -80,19 +81,28 @@ def setup(profile: str | None = None) -> dict:
         "data": os.environ.get("HLB_DATA") or "(default: see hu.data.load_cifar10)",
         "cpu_threads": torch.get_num_threads(),
     }
+    shell = _jupyter_shell()
+    if shell is not None:
+        # hlb_utils.plots returns matplotlib Figures without pyplot; this makes Jupyter draw them.
+        shell.run_line_magic("matplotlib", "inline")
     print("  ".join(f"{key}: {value}" for key, value in info.items()))
     if info["device"] == "cpu":
         print(GPU_HINT)
     return info
 
 
-def _in_jupyter() -> bool:
+def _jupyter_shell():
+    """The running Jupyter kernel's shell, or None (a terminal, a plain script)."""
     try:
         from IPython import get_ipython
     except ImportError:
-        return False
+        return None
     shell = get_ipython()
-    return shell is not None and hasattr(shell, "kernel")
+    return shell if shell is not None and hasattr(shell, "kernel") else None
+
+
+def _in_jupyter() -> bool:
+    return _jupyter_shell() is not None
 
 
 def show_source(obj: Any) -> None:
@@ -111,6 +121,31 @@ def show_source(obj: Any) -> None:
         display(Markdown(f"```python\n{source}```"))
     else:
         print(source)
+
+
+def results_table(entries: dict) -> "pd.DataFrame":
+    """The table every notebook ends with: change, accuracy, seconds, device, runs.
+
+    `entries` maps a change's name to a TrainResult, a RunsResult (mean accuracy and seconds), or a
+    dict with those keys. Keyed by name, so re-running a cell replaces its row instead of adding one.
+    """
+    import pandas as pd
+
+    rows = []
+    for change, entry in entries.items():
+        if isinstance(entry, dict):
+            row = dict(entry)
+        elif hasattr(entry, "results"):  # RunsResult
+            runs = entry.results
+            row = dict(accuracy=sum(r.test_accuracy for r in runs) / len(runs),
+                       seconds=sum(r.train_seconds for r in runs) / len(runs),
+                       device=runs[0].device, runs=len(runs))
+        else:  # TrainResult
+            row = dict(accuracy=entry.test_accuracy, seconds=entry.train_seconds,
+                       device=entry.device, runs=1)
+        rows.append({"change": change, **row})
+    columns = ["change", "accuracy", "seconds", "device", "runs"]
+    return pd.DataFrame(rows, columns=columns).round({"accuracy": 4, "seconds": 2})
 
 
 class NotebookError(RuntimeError):

@@ -26,19 +26,25 @@ def split_params(net: nn.Module) -> dict[str, list[nn.Parameter]]:
     'filters': 4-D conv weights (whitening excluded); 'norm_biases': BN biases and other 1-D params;
     'whiten_bias'; 'head': net.head.weight; 'other': the rest (e.g. squeeze-and-excite weights).
     They differ enough in scale that each wants its own lr (hlb: biases x32, airbench x64).
+    A learner's own net needs neither attribute: without `.head` its last nn.Linear is the head.
     """
-    whiten, head = getattr(net, "whiten", None), getattr(net, "head", None)
-    if whiten is None or head is None:
-        raise ValueError("split_params needs a net with `.whiten` and `.head` (see hlb_utils.model)")
+    whiten = getattr(net, "whiten", None)
+    head = getattr(net, "head", None)
+    if head is None:
+        linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+        head = linears[-1] if linears else None
+    whiten_bias = getattr(whiten, "bias", None)
+    whiten_weight = getattr(whiten, "weight", None)
+    head_weight = getattr(head, "weight", None)
     parts: dict[str, list[nn.Parameter]] = {kind: [] for kind in PARAM_KINDS}
     for p in net.parameters():
         if not p.requires_grad:
             continue
-        if p is whiten.bias:
+        if p is whiten_bias:
             kind = "whiten_bias"
-        elif p is head.weight:
+        elif p is head_weight:
             kind = "head"
-        elif p.ndim == 4 and p is not whiten.weight:
+        elif p.ndim == 4 and p is not whiten_weight:
             kind = "filters"
         elif p.ndim == 1:
             kind = "norm_biases"
@@ -261,6 +267,7 @@ def make_optimizers(net: nn.Module, cfg) -> list[torch.optim.Optimizer]:
     else:
         raise ValueError(f"TrainConfig.optimizer={cfg.optimizer!r} is unknown; choose 'muon' or 'sgd'")
     sgd_groups = [g for g in sgd_groups if g["params"]]
+    # PyTorch refuses Nesterov without momentum, so sgd_momentum=0 means plain SGD.
     optimizers.insert(0, torch.optim.SGD(sgd_groups, lr=cfg.bias_lr, momentum=cfg.sgd_momentum,
-                                         nesterov=True))
+                                         nesterov=cfg.sgd_momentum > 0))
     return optimizers

@@ -39,7 +39,8 @@ class RunsResult:
     def table(self) -> pd.DataFrame:
         return pd.DataFrame([dict(run=i, seed=r.config.seed, test_accuracy=r.test_accuracy,
                                   train_seconds=r.train_seconds, compile_seconds=r.compile_seconds,
-                                  tta_seconds=r.tta_seconds, peak_memory_mb=r.peak_memory_mb)
+                                  init_seconds=r.init_seconds, tta_seconds=r.tta_seconds,
+                                  peak_memory_mb=r.peak_memory_mb)
                              for i, r in enumerate(self.results)])
 
     @property

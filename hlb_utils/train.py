@@ -147,7 +147,9 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
         print(f"torch.compile: {compile_note}" + (f" ({compile_seconds:.1f} s warm-up, not timed)"
                                                    if compile_seconds else ""))
     history, interrupted = run.loop()
-    final_net = run.ema.model if run.ema is not None and run.ema_started else compiled
+    if run.lookahead is not None and not interrupted:
+        run.lookahead.finish()  # leave the net at the slow weights, as airbench94 does
+    final_net = run.ema.model if run.ema is not None else compiled
     tta_start = time.perf_counter()
     acc = math.nan
     if not interrupted or history:
@@ -179,9 +181,8 @@ class _Run:
         self.total_steps = max(1, round(cfg.epochs * self.steps_per_epoch))
         self.whiten_steps = round(cfg.whiten_bias_epochs * self.steps_per_epoch)
         self.ema_start = self.total_steps - round(cfg.ema_epochs * self.steps_per_epoch)
-        self.ema = EMA(net, cfg.ema_decay) if cfg.ema_decay > 0 else None
-        self.ema_started = False
-        self.lookahead = Lookahead(net) if cfg.lookahead else None
+        self.ema = None  # made at the step where averaging starts (a copy of the weights then)
+        self.lookahead = Lookahead(net, self.total_steps) if cfg.lookahead else None
         self.timer = Timer(device)
         self.table = LiveTable(COLUMNS, enabled=verbose)
 
@@ -255,10 +256,9 @@ class _Run:
     def _average(self, step: int) -> None:
         if self.lookahead is not None:
             self.lookahead.step(step)
-        if self.ema is not None and step > self.ema_start and step % self.cfg.ema_every == 0:
-            if not self.ema_started:
-                self.ema.reset(self.net)
-                self.ema_started = True
+        if self.cfg.ema_decay > 0 and step > self.ema_start and step % self.cfg.ema_every == 0:
+            if self.ema is None:
+                self.ema = EMA(self.net, self.cfg.ema_decay)
             else:
                 self.ema.update(self.net)
 
@@ -270,7 +270,7 @@ class _Run:
         if last or (every and epoch % every == 0):
             res = evaluate(self.compiled, self.test_loader, autocast_dtype=self.autocast)
             row.update(test_loss=res["loss"], test_acc=res["acc"])
-            if self.ema is not None and self.ema_started:
+            if self.ema is not None:
                 row["ema_acc"] = evaluate(self.ema.model, self.test_loader, autocast_dtype=self.autocast)["acc"]
         return row
 

@@ -1,0 +1,363 @@
+"""Our `full` and `seed` profiles timed side by side with the record scripts, on one GPU and one data set.
+
+Why: "record pace" means nothing until it is measured against the record on the same GPU, with the same
+data, over enough runs to trust the mean (per-run accuracy wanders by about 0.13 points). Notebook 06
+(the record run) shows the table this writes. The whole thing fits one 8-minute call on an H200:
+
+    python benchmarks/gpu_bench.py --data ../shared/data/cifar10-jpeg.tar.gz \
+        --peer airbench94_muon=peers/airbench94_muon.py --peer cifar10_speedrun=peers/cifar10_speedrun.py
+
+CPU plumbing check (what tests/test_bench.py runs: the `quick` profile twice and a stand-in peer):
+
+    python benchmarks/gpu_bench.py --quick --data ../shared/data/cifar10-jpeg.tar.gz \
+        --peer airbench94_muon=tests/fake_peer.py --out /tmp/bench
+
+Each recipe keeps its own timer (benchmarks/README.md says what is inside each). Peers run unmodified but
+for two things: the prepared data goes where they look before downloading (`cifar10/{train,test}.pt` in
+their folder), and a copy of the script gets its one `range(<int>)` run loop set to the run count. Rows of
+recipes not measured in a call are kept from an earlier call (same day and GPU): `--only` splits the work.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+REPO = Path(__file__).resolve().parent.parent
+COLUMNS = ("recipe", "gpu", "torch", "data", "runs", "mean_acc", "std_acc", "min_acc",
+           "mean_seconds", "median_seconds", "date", "note")
+# The comparison that matters first; the costly peer (it sleeps a few seconds between runs) last.
+ORDER = ("full", "quick", "airbench94_muon", "seed", "cifar10_speedrun")
+OURS = ("full", "seed", "quick")
+MIN_STEP_SECONDS = 60.0   # wall seconds any step needs (interpreter, data, compile); kept back for later steps
+TABLE_SECONDS = 10.0      # wall seconds kept back at the end for the CSV and the table
+
+
+class PeerRun(NamedTuple):
+    label: str        # the peer's own run label ('0', '1', ...)
+    accuracy: float   # final test accuracy with TTA, 0..1
+    seconds: float    # the peer's own timer for that run
+
+
+def parse_peer_output(text: str) -> list[PeerRun]:
+    """Per-run results from the airbench-style log table both peers print, warm-up runs dropped.
+
+    The header names the columns (`run`, `epoch`, ..., `tta_val_acc`, `time_seconds`); a run's label is
+    printed on its first row only, and its `eval` row holds the final TTA accuracy and its timed seconds.
+    """
+    columns, label, runs = None, "", []
+    for line in text.splitlines():
+        if not line.strip().startswith("|"):
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if "tta_val_acc" in cells and "time_seconds" in cells:
+            columns = cells
+        elif columns and len(cells) == len(columns):
+            row = dict(zip(columns, cells))
+            label = row.get("run") or label
+            if row.get("epoch") == "eval" and row.get("tta_val_acc"):
+                if label != "warmup":
+                    runs.append(PeerRun(label, float(row["tta_val_acc"]), float(row["time_seconds"])))
+                label = ""
+    return runs
+
+
+def patch_run_count(code: str, runs: int, name: str) -> str:
+    """The peer's code with the one `range(<int>)` of its main block set to `runs`, and a comment saying so."""
+    match = re.search(r"^if __name__ == ['\"]__main__['\"]:", code, flags=re.MULTILINE)
+    if match is None:
+        raise ValueError(f"peer {name}: no `if __name__ == \"__main__\":` block; is this the peer's script?")
+    head, main = code[:match.start()], code[match.start():]
+    counts = re.findall(r"range\((\d+)\)", main)
+    if len(counts) != 1:
+        raise ValueError(f"peer {name}: expected one `range(<int>)` run loop in the main block, found "
+                         f"{len(counts)}; set its run count by hand in a copy and pass that copy")
+    comment = (f"# Copy of {name} written by hlb benchmarks/gpu_bench.py. The only change: the run loop in the\n"
+               f"# main block, range({counts[0]}) -> range({runs}). The data was written where it looks for it.\n")
+    return comment + head + re.sub(r"range\(\d+\)", f"range({runs})", main, count=1)
+
+
+def data_label(source: str) -> str:
+    """'JPEG replica' for the re-encoded tarball (or a folder made from it), else 'CIFAR-10'."""
+    name = Path(source).name.lower()
+    return "JPEG replica" if "jpeg" in name or name.endswith((".tar.gz", ".tgz")) else "CIFAR-10"
+
+
+def slugify(name: str) -> str:
+    """'NVIDIA H200' -> 'nvidia-h200', for file names."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"
+
+
+def write_peer_cache(data, folder: Path) -> None:
+    """Both peers load `cifar10/{train,test}.pt` before they download: a dict of `images` (uint8, NHWC
+    (N, 32, 32, 3), like torchvision's `dataset.data`), `labels` (int64 (N,)) and `classes` (list of str)."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test"):
+        images, labels = getattr(data, f"{split}_images"), getattr(data, f"{split}_labels")
+        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (3, 32, 32):
+            raise ValueError(f"{split}_images must be uint8 (N, 3, 32, 32), got {images.dtype} {tuple(images.shape)}")
+        torch.save({"images": images.permute(0, 2, 3, 1).contiguous(), "labels": labels.to(torch.int64),
+                    "classes": list(data.classes)}, folder / f"{split}.pt")
+
+
+def stream(cmd: list[str], cwd: Path, env: dict, log: Path, timeout: float, tag: str) -> tuple[str, int | None]:
+    """Run `cmd`, echo and log its output, kill its process group at the deadline.
+
+    Returns (output, exit code); the code is None when the deadline killed it (finished runs still count).
+    """
+    group = hasattr(os, "killpg")
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, bufsize=1, start_new_session=group)
+    killed = threading.Event()
+
+    def kill() -> None:
+        killed.set()
+        try:
+            # The whole group: torch.compile's worker processes would outlive the script otherwise.
+            os.killpg(proc.pid, signal.SIGKILL) if group else proc.kill()
+        except ProcessLookupError:
+            pass
+
+    timer = threading.Timer(timeout, kill)
+    timer.start()
+    lines = []
+    with open(log, "w") as out:
+        for line in proc.stdout:
+            lines.append(line)
+            out.write(line)
+            print(f"  [{tag}] {line}", end="", flush=True)
+    code = proc.wait()
+    timer.cancel()
+    return "".join(lines), (None if killed.is_set() else code)
+
+
+def summarise(recipe: str, accs: list[float], secs: list[float], info: dict, note: str,
+              planned: int, code: int | None) -> dict:
+    """One CSV row: accuracy as a fraction 0..1, seconds as the recipe's own timer reports them."""
+    if code != 0 or len(accs) < planned:
+        note += f"; cut short: {len(accs)} of {planned} runs" + (" (time budget)" if code is None else f" (exit {code})")
+    return {"recipe": recipe, "gpu": info["gpu"], "torch": info["torch"], "data": info["data"], "runs": len(accs),
+            "mean_acc": round(statistics.fmean(accs), 5),
+            "std_acc": round(statistics.stdev(accs), 5) if len(accs) > 1 else "", "min_acc": round(min(accs), 5),
+            "mean_seconds": round(statistics.fmean(secs), 4), "median_seconds": round(statistics.median(secs), 4),
+            "date": info["date"], "note": note.strip("; ")}
+
+
+def run_ours(recipe: str, runs: int, warmup: int, ctx: dict, timeout: float) -> dict | None:
+    """A profile through `python -m hlb_utils.train`; its warm-up runs are in none of the files it writes."""
+    out, log = ctx["work"] / recipe, ctx["work"] / f"{recipe}.log"
+    cmd = [sys.executable, "-u", "-m", "hlb_utils.train", "--profile", recipe, "--runs", str(runs),
+           "--warmup-runs", str(warmup), "--data", ctx["source"], "--out", str(out)]
+    _, code = stream(cmd, REPO, ctx["env"], log, timeout, recipe)
+    if not (out / "summary.json").exists():
+        print(f"!! {recipe}: no summary.json ({'time budget hit' if code is None else f'exit {code}'}); log {log}")
+        return None
+    summary = json.loads((out / "summary.json").read_text())
+    info = dict(ctx["info"], gpu=summary.get("device") or ctx["info"]["gpu"], torch=summary.get("torch") or "?")
+    # An interrupted run has no accuracy (null): it counts as not finished.
+    done = [(a, s) for a, s in zip(summary["accuracies"], summary["train_seconds_all"]) if a is not None]
+    if not done:
+        return None
+    row = summarise(recipe, [a for a, _ in done], [s for _, s in done], info,
+                    f"{warmup} warm-up not counted" if warmup else "", runs, code)
+    with open(out / "runs.csv", newline="") as f:
+        runs_table = list(csv.DictReader(f))
+    # Not a CSV column: shown beside the ratio, because airbench's timer also holds whitening init and TTA.
+    parts = [c for c in ("train_seconds", "init_seconds", "tta_seconds") if runs_table and c in runs_table[0]]
+    if len(parts) > 1:
+        row["_wide"] = (statistics.fmean(sum(float(r[c] or 0) for c in parts) for r in runs_table), " + ".join(parts))
+    return row
+
+
+def run_peer(recipe: str, script: Path, runs: int, ctx: dict, timeout: float) -> dict | None:
+    """A peer script, changed only in its run count, run in the folder that holds the prepared data."""
+    folder, log = ctx["work"] / "peers", ctx["work"] / f"{recipe}.log"
+    (folder / f"{recipe}.py").write_text(patch_run_count(script.read_text(), runs, recipe))
+    text, code = stream([sys.executable, "-u", f"{recipe}.py"], folder, ctx["env"], log, timeout, recipe)
+    parsed = parse_peer_output(text)
+    if not parsed:
+        print(f"!! {recipe}: no per-run results in its output (exit {code}); log {log}")
+        return None
+    note = "1 warm-up not counted" + ("" if script.stem == recipe else f"; script {script.name}")
+    return summarise(recipe, [r.accuracy for r in parsed], [r.seconds for r in parsed], ctx["info"], note, runs, code)
+
+
+def build_plan(args: argparse.Namespace, ctx: dict) -> list[tuple[str, object]]:
+    """(recipe, step) pairs in ORDER; a step takes its time allowance in seconds and returns a row or None."""
+    if args.quick:
+        steps = {"quick": lambda t: run_ours("quick", 2, 0, ctx, t)}
+    else:
+        steps = {"full": lambda t: run_ours("full", args.runs, 1, ctx, t),
+                 "seed": lambda t: run_ours("seed", args.seed_runs, 1, ctx, t)}
+    peer_runs = args.peer_runs or (2 if args.quick else args.runs)
+    for name, path in args.peer:
+        steps[name] = (lambda n, p: lambda t: run_peer(n, p, peer_runs, ctx, t))(name, path)
+    if args.only - steps.keys():
+        raise SystemExit(f"--only: {', '.join(sorted(args.only - steps.keys()))} is not in the plan ({', '.join(steps)})")
+    steps = {name: step for name, step in steps.items() if not args.only or name in args.only}
+    return sorted(steps.items(), key=lambda item: _rank(item[0]))
+
+
+def _rank(recipe: str) -> int:
+    return ORDER.index(recipe) if recipe in ORDER else len(ORDER)
+
+
+def run_plan(plan: list, end: float) -> tuple[list[dict], list[str]]:
+    """Run the steps while the budget lasts, in order of importance: each leaves MIN_STEP_SECONDS for every
+    step after it, but never takes less than that itself; a step that cannot get it is skipped."""
+    rows, problems = [], []
+    for i, (recipe, step) in enumerate(plan):
+        left = end - time.monotonic() - TABLE_SECONDS
+        if left < MIN_STEP_SECONDS:
+            problems.append(f"{recipe}: skipped, {int(max(left, 0))} s of the time budget left (a step needs "
+                            f"{MIN_STEP_SECONDS:.0f} s); run it in another call with --only {recipe}")
+            continue
+        allowance = max(MIN_STEP_SECONDS, left - (len(plan) - i - 1) * MIN_STEP_SECONDS)
+        print(f"== {recipe}: up to {allowance:.0f} s", flush=True)
+        row = step(allowance)
+        rows += [row] if row else []
+        problems += [] if row else [f"{recipe}: no result (its log is above)"]
+    return rows, problems
+
+
+def write_csv(rows: list[dict], path: Path) -> list[dict]:
+    """Write the rows, keeping an earlier call's rows (same date and GPU) for recipes not measured now."""
+    kept = []
+    if path.exists():
+        with open(path, newline="") as f:
+            kept = [row for row in csv.DictReader(f) if row["recipe"] not in {r["recipe"] for r in rows}]
+        print(f"kept from an earlier call: {', '.join(row['recipe'] for row in kept) or 'nothing'}")
+    table = sorted(kept + rows, key=lambda row: _rank(row["recipe"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(table)
+    return table
+
+
+def comparison(rows: list[dict]) -> list[str]:
+    """Our time as a fraction of airbench94_muon's (target below 1.0, record about 0.78) and the accuracy gap."""
+    by_name = {row["recipe"]: row for row in rows}
+    ours, peer = by_name.get("full") or by_name.get("quick"), by_name.get("airbench94_muon")
+    if not (ours and peer):
+        return []
+    name, peer_seconds = ours["recipe"], float(peer["mean_seconds"])
+    gap = 100 * (float(ours["mean_acc"]) - float(peer["mean_acc"]))   # percentage points
+    lines = [f"mean seconds {name} / airbench94_muon = {float(ours['mean_seconds']) / peer_seconds:.3f} "
+             "(target below 1.0, the record ~0.78); the timers differ, see benchmarks/README.md",
+             f"mean accuracy {name} - airbench94_muon = {gap:+.2f} points (target >= 0)"]
+    if "_wide" in ours:
+        lines.append(f"  the same with {name} timed as {ours['_wide'][1]} (nearer airbench's timer, which holds "
+                     f"whitening init and TTA): {ours['_wide'][0] / peer_seconds:.3f}")
+    if name == "quick":
+        lines.append("(quick mode: a plumbing check against whatever --peer was given, not a speed claim)")
+    return lines
+
+
+def format_table(rows: list[dict]) -> str:
+    widths = {c: max(len(c), *(len(str(row.get(c, ""))) for row in rows)) for c in COLUMNS}
+    lines = [[c.ljust(widths[c]) for c in COLUMNS]]
+    lines += [[str(row.get(c, "")).ljust(widths[c]) for c in COLUMNS] for row in rows]
+    return "\n".join("  ".join(cells).rstrip() for cells in lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="CIFAR-10 source: a torchvision folder or the JPEG replica's .tar.gz")
+    p.add_argument("--runs", type=int, default=25, help="timed runs of `full` (after 1 warm-up) and of each peer")
+    p.add_argument("--seed-runs", type=int, default=3, help="timed runs of `seed` (after 1 warm-up)")
+    p.add_argument("--peer", action="append", default=[], metavar="NAME=PATH",
+                   help="a peer's script, e.g. airbench94_muon=peers/airbench94_muon.py (repeatable)")
+    p.add_argument("--peer-runs", type=int, default=None, help="runs of each peer (default --runs; 2 with --quick)")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="folder of the CSV")
+    p.add_argument("--quick", action="store_true", help="CPU check: the `quick` profile twice, peers 2 runs")
+    p.add_argument("--time-budget", type=float, default=450.0, help="wall seconds for everything (default 7.5 min)")
+    p.add_argument("--only", default="", help="comma-separated recipes to run now (others keep their CSV rows)")
+    p.add_argument("--work", type=Path, default=None, help="keep logs and run folders here (default: a temp folder)")
+    args = p.parse_args(argv)
+    if not Path(args.data).exists():
+        p.error(f"--data {args.data}: no such file or folder; give a CIFAR-10 folder or the replica's .tar.gz")
+    if min(args.runs, args.seed_runs, args.peer_runs or 1) < 1:
+        p.error("--runs, --seed-runs and --peer-runs must be at least 1")
+    peers = [spec.partition("=")[::2] for spec in args.peer]
+    for (name, path), spec in zip(peers, args.peer):
+        if not re.fullmatch(r"\w+", name) or name in OURS or not Path(path).is_file():
+            p.error(f"--peer {spec!r}: write NAME=PATH with a script that exists (fetch it; never commit it)")
+    if len(dict(peers)) < len(peers):
+        p.error("--peer: give each NAME once")
+    args.peer = [(name, Path(path).resolve()) for name, path in peers]
+    args.only = {name.strip() for name in args.only.split(",") if name.strip()}
+    return args
+
+
+def machine_info(source: str, quick: bool) -> dict:
+    import torch
+
+    gpu = "cpu" if quick or not torch.cuda.is_available() else torch.cuda.get_device_name(0)
+    return {"gpu": gpu, "torch": torch.__version__, "data": data_label(source),
+            "date": datetime.date.today().isoformat()}
+
+
+def child_env(quick: bool) -> dict:
+    """Children import hlb_utils from this checkout, print unbuffered (a cut-short peer keeps its finished
+    runs' lines), and in quick mode see no GPU."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    if quick:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    end = time.monotonic() + args.time_budget
+    source = str(Path(args.data).resolve())
+    work = args.work.resolve() if args.work else Path(tempfile.mkdtemp(prefix="hlb-bench-"))
+    (work / "peers").mkdir(parents=True, exist_ok=True)
+    ctx = {"work": work, "source": source, "env": child_env(args.quick), "info": machine_info(source, args.quick)}
+    plan = build_plan(args, ctx)
+    print(f"== plan: {', '.join(name for name, _ in plan)} on {ctx['info']['gpu']}, {ctx['info']['data']}, "
+          f"budget {args.time_budget:.0f} s, work folder {work}", flush=True)
+    try:
+        sys.path.insert(0, str(REPO))   # this checkout's hlb_utils, as the children get it
+        from hlb_utils.data import load_cifar10
+
+        # Decoded once here (and cached), so our runs load the cache and the peers get the same pixels.
+        data = load_cifar10(source)
+        if any(name not in OURS for name, _ in plan):
+            write_peer_cache(data, work / "peers" / "cifar10")
+        del data
+        rows, problems = run_plan(plan, end)
+    finally:
+        # The peer cache is derived data (~180 MB); the logs stay when --work was given.
+        shutil.rmtree(work / "peers" / "cifar10", ignore_errors=True)
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    if not rows:
+        print("\n".join(problems + ["nothing was measured; no CSV written"]))
+        return 1
+    path = args.out.resolve() / f"{ctx['info']['date']}-{slugify(ctx['info']['gpu'])}.csv"
+    table = write_csv(rows, path)
+    print("\n".join(problems + comparison(table) + [f"wrote {path}", ""]))
+    print(format_table(table))
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

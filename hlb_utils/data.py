@@ -1,0 +1,319 @@
+"""CIFAR-10 as four uint8 tensors: where it comes from, and decoding it only once.
+
+Taught in notebook 01 (the data pipeline). `load_cifar10` accepts three kinds of source, so that the
+notebooks run with internet (torchvision downloads the original), without it (the JPEG replica, a
+.tar.gz in ImageFolder layout) and on a learner's own 32x32 images (an ImageFolder folder). Decoding
+60,000 small files takes seconds, so the result is cached as one tensor file whose name is keyed by
+the source (path, size, modification time): editing the source makes a new cache, never a stale one.
+`synthetic_dataset` makes a tiny learnable dataset for tests that need no files.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import numpy as np
+import torch
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+IMAGE_SIZE = 32              # pixels per side; every CIFAR-10 image is 32x32 RGB
+CACHE_FORMAT = 1             # bump when the cache layout changes, so old caches are ignored
+PROGRESS_EVERY = 10_000      # images between progress lines while decoding
+SPLITS = ("train", "test")
+
+
+class DataError(RuntimeError):
+    """The data could not be loaded; the message says which file or setting, and what to do."""
+
+
+class Cifar10(NamedTuple):
+    train_images: torch.Tensor   # uint8 (N, 3, 32, 32)
+    train_labels: torch.Tensor   # int64 (N,)
+    test_images: torch.Tensor    # uint8 (M, 3, 32, 32)
+    test_labels: torch.Tensor    # int64 (M,)
+    classes: list                # class names; label i means classes[i]
+    source: str                  # where the data came from (path or description)
+
+
+def default_cache_dir() -> Path:
+    """HLB_CACHE if set, else ~/.cache/hlb_utils (the shared data folder is read-only in CI)."""
+    return Path(os.environ.get("HLB_CACHE") or Path.home() / ".cache" / "hlb_utils").expanduser()
+
+
+_OFFLINE_HELP = (
+    "Without internet, point the environment variable HLB_DATA (or load_cifar10(source=...)) at a "
+    "local copy: the JPEG replica (e.g. HLB_DATA=../shared/data/cifar10-jpeg.tar.gz), a folder or "
+    ".tar.gz in ImageFolder layout (train/<class>/*.png and test/<class>/*.png), or a folder that "
+    "already holds torchvision's cifar-10-batches-py."
+)
+
+
+def load_cifar10(source: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+                 verbose: bool = True) -> Cifar10:
+    """The whole dataset as uint8 tensors, from `source` (default: HLB_DATA, else a download).
+
+    source: a .tar.gz or folder in ImageFolder layout (decoded once, then cached in `cache_dir`,
+    default HLB_CACHE or ~/.cache/hlb_utils), or a folder for torchvision's CIFAR10 (downloaded on
+    first use; its arrays load in about a second, so they are not cached again).
+    """
+    cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    source = source or os.environ.get("HLB_DATA") or None
+    if source is None:
+        return _from_torchvision(cache_dir / "cifar10-torchvision")
+    path = Path(source).expanduser().resolve()
+    if not path.exists():
+        raise DataError(f"CIFAR-10 source {str(path)!r} does not exist. Check the path or HLB_DATA. "
+                        + _OFFLINE_HELP)
+    if path.is_file():
+        if not tarfile.is_tarfile(path):
+            raise DataError(f"{path} is not a tar archive: give a .tar.gz in ImageFolder layout or a folder.")
+        return _cached(path, cache_dir, verbose)
+    if _imagefolder_root(path) is not None:
+        return _cached(path, cache_dir, verbose)
+    return _from_torchvision(path)
+
+
+def _from_torchvision(root: Path) -> Cifar10:
+    import torchvision  # only this source needs it
+
+    try:
+        sets = [torchvision.datasets.CIFAR10(str(root), train=s == "train", download=True) for s in SPLITS]
+    except (OSError, RuntimeError) as err:
+        raise DataError(f"Could not download CIFAR-10 into {root} ({err}). " + _OFFLINE_HELP) from err
+    images = [torch.from_numpy(np.ascontiguousarray(s.data)).permute(0, 3, 1, 2).contiguous() for s in sets]
+    labels = [torch.tensor(s.targets, dtype=torch.int64) for s in sets]
+    return Cifar10(images[0], labels[0], images[1], labels[1], list(sets[0].classes), str(root))
+
+
+# ---- the decode-once cache -------------------------------------------------------------------
+
+def _cache_key(path: Path) -> str:
+    """Absolute path + size + mtime of the source (of every file, for a folder), hashed."""
+    digest = hashlib.sha1(f"v{CACHE_FORMAT}|{path}".encode())
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        stat = file.stat()
+        digest.update(f"|{file}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:20]
+
+
+def _checksum(data: Cifar10) -> str:
+    digest = hashlib.sha1("|".join(data.classes).encode())
+    for tensor in data[:4]:
+        digest.update(tensor.contiguous().numpy().data)
+    return digest.hexdigest()
+
+
+def _cached(path: Path, cache_dir: Path, verbose: bool) -> Cifar10:
+    file = cache_dir / f"cifar10-{_cache_key(path)}.pt"
+    if file.exists():
+        data, problem = _read_cache(file)
+        if data is not None:
+            return data
+        warnings.warn(f"the cache {file} is unusable ({problem}); rebuilding it from {path}", stacklevel=3)
+    data = _decode_source(path, verbose)
+    payload = {**data._asdict(), "format": CACHE_FORMAT, "checksum": _checksum(data),
+               "counts": [len(data.train_labels), len(data.test_labels)]}
+    try:
+        _save_atomic(payload, file)
+    except OSError as err:
+        warnings.warn(f"could not write the cache {file} ({err}); set HLB_CACHE to a writable folder "
+                      "to avoid decoding again next time", stacklevel=3)
+    return data
+
+
+def _read_cache(file: Path) -> tuple[Cifar10 | None, str]:
+    """(data, '') if the cache loads and validates, else (None, what is wrong)."""
+    try:
+        payload = torch.load(file, map_location="cpu", weights_only=True)
+        data = Cifar10(*(payload[name] for name in Cifar10._fields))
+    except Exception as err:  # any unreadable file is simply rebuilt
+        return None, f"cannot be read: {type(err).__name__}: {err}"
+    if payload.get("format") != CACHE_FORMAT:
+        return None, "old cache format"
+    problem = _validate(data, payload.get("counts"))
+    if not problem and payload.get("checksum") != _checksum(data):
+        problem = "checksum mismatch"
+    return (None, problem) if problem else (data, "")
+
+
+def _validate(data: Cifar10, counts: list | None) -> str:
+    """'' when shapes, dtypes, label range and counts agree, else the first problem found."""
+    for split, count in zip(SPLITS, counts or [None, None]):
+        images, labels = getattr(data, f"{split}_images"), getattr(data, f"{split}_labels")
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            return f"{split} images have dtype {images.dtype} and shape {tuple(images.shape)}"
+        if labels.dtype != torch.int64 or labels.shape != (len(images),) or len(images) != count:
+            return f"{split}: {len(images)} images, {len(labels)} labels, expected {count}"
+        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(data.classes):
+            return f"{split} labels outside 0..{len(data.classes) - 1}"
+    return ""
+
+
+def _save_atomic(payload: dict, file: Path) -> None:
+    """Write to a temporary file in the same folder, then rename: a crash never leaves a half cache."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(payload, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        # mkstemp makes the file private (0o600); a cache is as readable as any download
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, file)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---- ImageFolder sources: a folder, or a tarball read without extracting it -------------------
+
+def _imagefolder_root(path: Path) -> Path | None:
+    """The folder holding train/ and test/ (path itself or its only subfolder), else None."""
+    subfolders = sorted(p for p in path.iterdir() if p.is_dir())
+    candidates = [path] + (subfolders if len(subfolders) == 1 else [])
+    for root in candidates:
+        present = [(root / s).is_dir() for s in SPLITS]
+        if all(present):
+            return root
+        if any(present):
+            raise DataError(f"{root} has only one of train/ and test/; an ImageFolder source needs both.")
+    return None
+
+
+def _folder_files(path: Path) -> Iterator[tuple[str, bytes]]:
+    root = _imagefolder_root(path)
+    for split in SPLITS:
+        for file in sorted((root / split).rglob("*")):
+            if file.is_file():
+                yield str(file.relative_to(root)), file.read_bytes()
+
+
+def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
+    """Refuse absolute names, '..' parts and links that point outside the archive."""
+    name = member.name.replace("\\", "/")
+    unsafe = name.startswith("/") or ".." in name.split("/") or name[1:2] == ":"
+    if member.issym() or member.islnk():
+        base = os.path.dirname(name) if member.issym() else ""
+        target = os.path.normpath(os.path.join(base, member.linkname.replace("\\", "/")))
+        unsafe = unsafe or target.startswith("/") or target.split("/")[0] == ".." or target[1:2] == ":"
+    if unsafe:
+        raise DataError(f"unsafe member {member.name!r} in {archive} (absolute path, '..' or a link "
+                        "leading outside the archive); refusing to read it. Rebuild the archive.")
+
+
+def _tar_files(path: Path) -> Iterator[tuple[str, bytes]]:
+    with tarfile.open(path) as archive:
+        for member in archive:
+            _check_member(member, path)
+            if member.isfile() or member.issym() or member.islnk():
+                yield member.name, archive.extractfile(member).read()
+
+
+def _split_and_class(name: str) -> tuple[str, str] | None:
+    """('train', 'cat') for '.../train/cat/0001.jpg'; None for files that are not images."""
+    parts = name.replace("\\", "/").split("/")
+    if len(parts) < 3 or parts[-3] not in SPLITS or parts[-1].startswith("."):
+        return None
+    if not parts[-1].lower().endswith(IMAGE_SUFFIXES):
+        return None
+    return parts[-3], parts[-2]
+
+
+def _decode(data: bytes, name: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.size != (IMAGE_SIZE, IMAGE_SIZE) or image.mode != "RGB":
+                raise DataError(f"{name} is a {image.size[0]}x{image.size[1]} {image.mode} image; every image "
+                                "must be 32x32 RGB: convert it, e.g. image.convert('RGB').resize((32, 32))")
+            return np.asarray(image)
+    except (UnidentifiedImageError, OSError) as err:
+        raise DataError(f"{name} cannot be decoded as an image ({err}); remove or replace it.") from err
+
+
+def _decode_source(path: Path, verbose: bool) -> Cifar10:
+    """Decode every image once. Single process: on two shared cores a pool barely helped."""
+    files = _tar_files(path) if path.is_file() else _folder_files(path)
+    found: dict[str, list] = {split: [] for split in SPLITS}
+    start, count = time.perf_counter(), 0
+    for name, data in files:
+        place = _split_and_class(name)
+        if place is None:
+            continue
+        found[place[0]].append((place[1], _decode(data, name)))
+        count += 1
+        if verbose and count % PROGRESS_EVERY == 0:
+            print(f"decoded {count:,} images ({time.perf_counter() - start:.0f} s)", flush=True)
+    classes = _class_list(found, path)
+    tensors = []
+    for split in SPLITS:
+        images = np.stack([array for _, array in found[split]]).transpose(0, 3, 1, 2)
+        tensors.append(torch.from_numpy(np.ascontiguousarray(images)))
+        tensors.append(torch.tensor([classes.index(c) for c, _ in found[split]], dtype=torch.int64))
+    if verbose:
+        print(f"decoded {count:,} images from {path} in {time.perf_counter() - start:.1f} s", flush=True)
+    return Cifar10(*tensors, classes, str(path))
+
+
+def _class_list(found: dict, path: Path) -> list:
+    """Sorted folder names, or CIFAR-10's order when the names are CIFAR-10's."""
+    names = [sorted({c for c, _ in found[split]}) for split in SPLITS]
+    if not names[0] or not names[1]:
+        raise DataError(f"{path}: no images found under train/<class>/ and test/<class>/ (looked for "
+                        f"files ending in {', '.join(IMAGE_SUFFIXES)}).")
+    if names[0] != names[1]:
+        raise DataError(f"{path}: train and test have different class folders: "
+                        f"train {names[0]}, test {names[1]}. Make both splits have the same classes.")
+    return list(CIFAR10_CLASSES) if set(names[0]) == set(CIFAR10_CLASSES) else names[0]
+
+
+# ---- synthetic data for tests ----------------------------------------------------------------
+
+# One colour per class (RGB, 0..255), far enough apart that a tiny network separates them quickly.
+_PALETTE = ((230, 25, 75), (245, 130, 48), (255, 225, 25), (60, 180, 75), (70, 240, 240),
+            (0, 130, 200), (145, 30, 180), (240, 50, 230), (170, 110, 40), (255, 255, 255))
+_COLOUR_NAMES = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "magenta", "brown", "white")
+
+
+def synthetic_dataset(n_train: int = 1000, n_test: int = 200, seed: int = 0,
+                      image_size: int = IMAGE_SIZE) -> Cifar10:
+    """A tiny learnable stand-in for CIFAR-10: a noisy square in the class's colour on dark noise.
+
+    Unit tests and quick demos use it so that they need no files; the classes are balanced, and the
+    same seed always gives the same tensors.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    tensors = []
+    for count in (n_train, n_test):
+        labels = (torch.arange(count) % len(_PALETTE))[torch.randperm(count, generator=generator)]
+        tensors += [_draw_squares(labels, image_size, generator), labels]
+    return Cifar10(*tensors, list(_COLOUR_NAMES), f"synthetic(seed={seed})")
+
+
+def _draw_squares(labels: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    n = len(labels)
+    # dark background noise, 0..60 in 0..255 units
+    images = torch.randint(0, 61, (n, 3, size, size), generator=generator).float()
+    # a square whose side is a third to a half of the image, anywhere inside it
+    side = torch.randint(size // 3, size // 2 + 1, (n, 1, 1), generator=generator)
+    top = (torch.rand(n, 1, 1, generator=generator) * (size - side + 1)).long()
+    left = (torch.rand(n, 1, 1, generator=generator) * (size - side + 1)).long()
+    rows, cols = torch.arange(size).view(1, -1, 1), torch.arange(size).view(1, 1, -1)
+    inside = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
+    # the class colour with +-30 of pixel noise (0..255 units)
+    colour = torch.tensor(_PALETTE, dtype=torch.float32)[labels].view(n, 3, 1, 1)
+    noise = torch.randint(-30, 31, (n, 3, size, size), generator=generator).float()
+    images = torch.where(inside.unsqueeze(1), colour + noise, images)
+    return images.clamp(0, 255).to(torch.uint8)

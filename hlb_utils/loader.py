@@ -1,0 +1,274 @@
+"""Batches straight from device memory, with the augmentations done batched on the device.
+
+Taught in notebook 01 (the data pipeline). CIFAR-10 fits in GPU memory (50,000 images in fp16 are
+about 300 MB), so instead of a DataLoader with worker processes decoding PIL images one at a time,
+`DeviceLoader` keeps the normalised, reflect-padded dataset on the device and makes each epoch with
+a handful of tensor operations: random translation (cropping the padded images), horizontal flips
+(random, or airbench's "alternating" flips) and cutout. The small functions below are the pieces; a
+notebook can show and call each one on its own. Each returns a new tensor and leaves its input alone.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+FLIP_MODES = ("alternate", "random", "none")
+STATS_CHUNK = 2000   # images per step of channel_stats (float32: ~25 MB per 2,000 CIFAR images)
+
+
+def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of uint8 images, in 0..1 units (float32 on the CPU).
+
+    Each chunk is summed in float32 (torch sums pairwise, so 2,000 images lose nothing that matters)
+    and the chunks are added up in float64: 50,000 images need little memory and keep full precision.
+    """
+    _check_uint8(images, "images")
+    total = torch.zeros(images.shape[1], dtype=torch.float64, device=images.device)
+    total_sq = torch.zeros_like(total)
+    for part in images.split(STATS_CHUNK):
+        x = part.to(torch.float32)
+        total += x.sum(dim=(0, 2, 3)).double()
+        total_sq += x.square().sum(dim=(0, 2, 3)).double()
+    count = images.numel() // images.shape[1]
+    mean = total / count
+    std = (total_sq / count - mean.square()).clamp_min(0).sqrt()
+    # pixel values are 0..255; report in 0..1 units
+    return (mean / 255).float().cpu(), (std / 255).float().cpu()
+
+
+def normalize(images: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor,
+              dtype: torch.dtype = torch.float32, channels_last: bool = False) -> torch.Tensor:
+    """(images / 255 - mean) / std per channel, as `dtype`, on the images' device."""
+    _check_uint8(images, "images")
+    shape = (1, images.shape[1], 1, 1)
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(shape)
+    std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(shape)
+    x = images.to(torch.float32).div_(255).sub_(mean).div_(std).to(dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def pad_reflect(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Pad each side by `pad` pixels, mirroring the border (no black frame for crops to find)."""
+    if not 0 <= pad < min(x.shape[-2:]):
+        raise ValueError(f"pad={pad} must be in 0..{min(x.shape[-2:]) - 1} (pixels) for {tuple(x.shape)} images")
+    return F.pad(x, (pad, pad, pad, pad), mode="reflect") if pad else x.clone()
+
+
+def crop_at(x_padded: torch.Tensor, size: int, dy: torch.Tensor, dx: torch.Tensor,
+            index: torch.Tensor | None = None, flip: torch.Tensor | None = None) -> torch.Tensor:
+    """out[i] = x_padded[index[i]] cropped to size x size at corner (dy[i], dx[i]), mirrored where flip[i].
+
+    One index_select per distinct (offset, flip) pair (50 for a 2-pixel translation), never a loop
+    over images. Mirroring here, group by group, costs less than a separate pass over the batch.
+    The group sizes are worked out on the CPU, so a GPU never waits for the host. When the keys come
+    sorted (as DeviceLoader arranges) every group lands in place, with no reordering pass.
+    """
+    n, span = len(dy), x_padded.shape[-1] - size + 1
+    index = torch.arange(n) if index is None else index.cpu()
+    flip = torch.zeros(n, dtype=torch.bool) if flip is None else flip.cpu()
+    key = (dy.cpu().long() * span + dx.cpu().long()) * 2 + flip.long()
+    order = torch.argsort(key, stable=True)
+    sources = index[order].to(x_padded.device)
+    out = x_padded.new_empty((n, x_padded.shape[1], size, size))
+    start = 0
+    for k, count in zip(*(t.tolist() for t in torch.unique_consecutive(key[order], return_counts=True))):
+        (y, x), mirrored = divmod(k // 2, span), k % 2
+        view, rows, part = x_padded[:, :, y:y + size, x:x + size], sources[start:start + count], out[start:start + count]
+        if mirrored:
+            part.copy_(view.index_select(0, rows).flip(-1))
+        else:
+            torch.index_select(view, 0, rows, out=part)
+        start += count
+    if bool((order == torch.arange(n)).all()):
+        return out
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(n)
+    return out.index_select(0, inverse.to(out.device))
+
+
+def random_crop(x_padded: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """A random size x size window of each padded image: translation by up to the padding."""
+    n, shift = len(x_padded), x_padded.shape[-1] - size
+    if shift < 0 or x_padded.shape[-2] != x_padded.shape[-1]:
+        raise ValueError(f"random_crop needs square images of at least {size} pixels, got {tuple(x_padded.shape)}")
+    dy = torch.randint(0, shift + 1, (n,), generator=generator, device=generator.device)
+    dx = torch.randint(0, shift + 1, (n,), generator=generator, device=generator.device)
+    return crop_at(x_padded, size, dy, dx)
+
+
+def flip_images(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mirror left-right the images where mask is True."""
+    return torch.where(mask.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def random_flip_mask(n: int, generator: torch.Generator) -> torch.Tensor:
+    """n fair coin flips (bool): which images to mirror."""
+    return torch.randint(0, 2, (n,), generator=generator, device=generator.device).bool()
+
+
+def alternating_flip_mask(base_mask: torch.Tensor, epoch: int) -> torch.Tensor:
+    """airbench's derandomised flip: random in epoch 0, then each image flips every other epoch.
+
+    Over two epochs every image is seen both ways, instead of both ways only half the time.
+    """
+    return ~base_mask if epoch % 2 else base_mask.clone()
+
+
+def cutout_at(x: torch.Tensor, size: int, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+    """Set a size x size square (top-left corner top[i], left[i]) to 0 in every channel of image i.
+
+    0 in normalised units is the dataset mean, so the square carries no information.
+    """
+    height, width = x.shape[-2:]
+    rows = torch.arange(height, device=x.device).view(1, -1, 1)
+    cols = torch.arange(width, device=x.device).view(1, 1, -1)
+    top, left = top.to(x.device).view(-1, 1, 1), left.to(x.device).view(-1, 1, 1)
+    inside = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)
+    return torch.where(inside.unsqueeze(1), torch.zeros((), dtype=x.dtype, device=x.device), x)
+
+
+def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Blank one size x size square per image, at a random place fully inside the image."""
+    height, width = x.shape[-2:]
+    if not 0 <= size <= min(height, width):
+        raise ValueError(f"cutout size={size} must be in 0..{min(height, width)} (pixels)")
+    top = torch.randint(0, height - size + 1, (len(x),), generator=generator, device=generator.device)
+    left = torch.randint(0, width - size + 1, (len(x),), generator=generator, device=generator.device)
+    return cutout_at(x, size, top, left)
+
+
+def _check_uint8(images: torch.Tensor, name: str) -> None:
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
+        got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"{name} must be a uint8 tensor (N, C, H, W), got {got}; pass the raw dataset "
+                         "images (e.g. data.train_images), not normalised ones")
+
+
+class DeviceLoader:
+    """Shuffled, augmented batches of a dataset that lives on `device`.
+
+    Normalising and reflect-padding happen once, here; each `iter(loader)` starts a new epoch: it
+    draws the epoch's shuffle and augmentation for the whole dataset at once from a generator seeded
+    with `seed`, then yields (inputs, labels) batches. Only a training loader (train=True) shuffles
+    and augments. `reset()` goes back to epoch 0, so a re-run cell sees exactly the same batches.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, train: bool = True,
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 channels_last: bool = False, mean=None, std=None, flip: str = "alternate",
+                 translate: int = 0, cutout: int = 0, seed: int = 0, drop_last: bool | None = None):
+        _check_uint8(images, "images")
+        _check_options(images, labels, batch_size, flip, translate, cutout)
+        if mean is None or std is None:
+            mean, std = channel_stats(images)
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).cpu()
+        self.std = torch.as_tensor(std, dtype=torch.float32).cpu()
+        self.device, self.dtype, self.channels_last = torch.device(device), dtype, channels_last
+        self.train, self.batch_size, self.seed = train, batch_size, seed
+        self.flip, self.cutout = flip, cutout
+        self.drop_last = train if drop_last is None else drop_last
+        # only the padded copy is stored: `images` is a view of its centre
+        self._pad = translate if train else 0
+        normalised = normalize(images.to(self.device), self.mean, self.std, dtype)
+        self._padded = pad_reflect(normalised, self._pad)
+        del normalised
+        self.labels = labels.to(self.device, torch.int64)
+        # On the CPU one batch at a time stays in cache; elsewhere the whole epoch in a few big kernels.
+        self._whole_epoch = self.device.type != "cpu"
+        self._resets = 0
+        self.reset()
+
+    @property
+    def translate(self) -> int:
+        """Pixels of random translation (fixed at construction: the padding is made once)."""
+        return self._pad
+
+    @property
+    def images(self) -> torch.Tensor:
+        """The normalised, un-augmented images (a view: use for whitening init and evaluation)."""
+        p, size = self._pad, self._padded.shape[-1] - 2 * self._pad
+        return self._padded[:, :, p:p + size, p:p + size]
+
+    def reset(self) -> None:
+        """Back to epoch 0 with the original seed."""
+        self.epoch = 0
+        self._resets += 1
+        self._generator = torch.Generator().manual_seed(self.seed)
+        self._base_flip = random_flip_mask(len(self.labels), self._generator)
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        state, plan = self._state(), self._plan()
+        self.epoch += 1
+        return self._batches(state, *plan)
+
+    def _plan(self) -> tuple:
+        """The epoch's random choices, on the CPU: order, offsets, flips, cutout corners."""
+        n, batch, gen = len(self.labels), self.batch_size, self._generator
+        used = min(n, len(self) * batch)
+        order = torch.randperm(n, generator=gen)[:used] if self.train else torch.arange(n)
+        span = 2 * self._pad + 1
+        dy, dx = (torch.randint(0, span, (n,), generator=gen) for _ in range(2))
+        flips = None
+        if self.train and self.flip == "alternate":
+            flips = alternating_flip_mask(self._base_flip, self.epoch)
+        elif self.train and self.flip == "random":
+            flips = random_flip_mask(n, gen)
+        corners = None
+        if self.train and self.cutout:
+            room = self._padded.shape[-1] - 2 * self._pad - self.cutout + 1
+            corners = [torch.randint(0, room, (n,), generator=gen) for _ in range(2)]
+        # Within a batch the order does not matter, so sort each batch by (offset, flip): crop_at
+        # can then write every group in place.
+        mirrored = torch.zeros(n, dtype=torch.long) if flips is None else flips.long()
+        key = ((torch.arange(used) // batch * span * span + dy[order] * span + dx[order]) * 2
+               + mirrored[order])
+        order = order[torch.argsort(key, stable=True)]
+        return order, dy, dx, flips, corners
+
+    def _batches(self, state, order, dy, dx, flips, corners) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        size = self._padded.shape[-1] - 2 * self._pad
+        chunk = max(1, len(order)) if self._whole_epoch else self.batch_size
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        for start in range(0, len(order), chunk):
+            idx = order[start:start + chunk]
+            x = crop_at(self._padded, size, dy[idx], dx[idx], index=idx,
+                        flip=None if flips is None else flips[idx])
+            if corners is not None:
+                x = cutout_at(x, self.cutout, corners[0][idx], corners[1][idx])
+            x = x.contiguous(memory_format=memory_format)
+            y = self.labels[idx.to(self.device)]
+            for b in range(0, len(idx), self.batch_size):
+                if self._state() != state:
+                    raise RuntimeError("DeviceLoader settings changed (or reset() was called) during an epoch; "
+                                       "change them between epochs, after the for loop")
+                yield x[b:b + self.batch_size], y[b:b + self.batch_size]
+
+    def _state(self) -> tuple:
+        return (self.batch_size, self.train, self.flip, self.cutout, self.drop_last, self.channels_last,
+                self._resets)
+
+    def __repr__(self) -> str:
+        return (f"DeviceLoader({len(self.labels)} images, batch_size={self.batch_size}, train={self.train}, "
+                f"device={self.device}, flip={self.flip!r}, translate={self._pad}, cutout={self.cutout}, "
+                f"epoch={self.epoch})")
+
+
+def _check_options(images, labels, batch_size, flip, translate, cutout) -> None:
+    size = min(images.shape[-2:])
+    if not isinstance(labels, torch.Tensor) or labels.shape != (len(images),):
+        raise ValueError(f"labels must be a tensor of shape ({len(images)},), one per image")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be a positive integer (images per batch)")
+    if flip not in FLIP_MODES:
+        raise ValueError(f"flip={flip!r}: choose one of {FLIP_MODES}")
+    if not 0 <= translate < size:
+        raise ValueError(f"translate={translate} must be in 0..{size - 1} (pixels)")
+    if not 0 <= cutout <= size:
+        raise ValueError(f"cutout={cutout} must be in 0..{size} (pixels)")

@@ -1,0 +1,142 @@
+"""The GPU benchmark's plumbing, checked on the CPU (issue 5): reading the peers' logs, setting their run
+count, merging the CSV, the time-budget guard, and one `--quick` run end to end with a stand-in peer."""
+import csv
+import datetime
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "benchmarks" / "gpu_bench.py"
+FAKE_PEER = REPO / "tests" / "fake_peer.py"
+
+_spec = importlib.util.spec_from_file_location("gpu_bench", BENCH)
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+RULE = "-" * 81
+HEADER = "|  run     |  epoch  |  train_acc  |  val_acc  |  tta_val_acc  |  time_seconds  |"
+# airbench94_muon's layout: per-epoch rows, the run label on a run's first row only, then an eval row.
+AIRBENCH_LOG = "\n".join([
+    RULE, HEADER, RULE,
+    "|  warmup  |      1  |     0.1050  |   0.1000  |               |       35.0000  |",
+    "|          |   eval  |             |           |       0.1000  |       36.1000  |", RULE,
+    "|       0  |      1  |     0.5120  |   0.6000  |               |        0.4000  |",
+    "|          |      2  |     0.7010  |   0.7500  |               |        0.7000  |",
+    "|          |   eval  |             |           |       0.9401  |        2.6012  |", RULE,
+    "|       1  |      1  |     0.5000  |   0.6100  |               |        0.4000  |",
+    "|          |   eval  |             |           |       0.9395  |        2.5900  |", RULE,
+    "|       2  |      1  |     0.5000  |   0.6100  |               |        0.4000  |",  # killed mid-run
+])
+# cifar10_speedrun's layout: one eval row per run, with a carriage-return progress line before it.
+SPEEDRUN_LOG = "\n".join([
+    RULE, HEADER, RULE,
+    "|  warmup  |   eval  |     0.1111  |   0.0978  |       0.0963  |       40.5124  |", RULE,
+    "|       1  |   eval  |     0.9875  |   0.9314  |       0.9401  |        2.0133  |", RULE,
+    "Mean accuracy after 1 runs: 0.940100 | Mean time: 2.013260s\r"
+    "|       2  |   eval  |     0.9873  |   0.9346  |       0.9407  |        2.0131  |", RULE,
+    "Mean accuracy after 2 runs: 0.940400 | Mean time: 2.013200s",
+])
+
+
+def test_parser_reads_airbench_runs_and_drops_warmup_and_unfinished_runs():
+    runs = bench.parse_peer_output(AIRBENCH_LOG)
+    assert runs == [("0", 0.9401, 2.6012), ("1", 0.9395, 2.59)]
+
+
+def test_parser_reads_speedrun_rows_behind_carriage_returns():
+    runs = bench.parse_peer_output(SPEEDRUN_LOG)
+    assert [(r.label, r.accuracy, r.seconds) for r in runs] == [("1", 0.9401, 2.0133), ("2", 0.9407, 2.0131)]
+
+
+def test_parser_ignores_tables_without_the_header():
+    assert bench.parse_peer_output(AIRBENCH_LOG.replace(HEADER, "")) == []
+    assert bench.parse_peer_output("Mean accuracy after 2 runs: 0.94 | Mean time: 2.0s") == []
+
+
+def test_patch_sets_only_the_main_run_loop_and_says_so():
+    code = ("def steps():\n    return list(range(3))\n\n"
+            "if __name__ == '__main__':\n    RESULTS = [steps() for run in range(200)]\n")
+    patched = bench.patch_run_count(code, 4, "airbench94_muon")
+    namespace = {"__name__": "__main__"}
+    exec(compile(patched, "patched", "exec"), namespace)
+    assert len(namespace["RESULTS"]) == 4 and namespace["RESULTS"][0] == [0, 1, 2]
+    assert "range(200) -> range(4)" in patched.splitlines()[1]
+
+
+def test_patch_refuses_scripts_it_cannot_patch_safely():
+    with pytest.raises(ValueError, match="peer p: no `if __name__"):
+        bench.patch_run_count("for run in range(200): pass\n", 3, "p")
+    with pytest.raises(ValueError, match="found 2"):
+        bench.patch_run_count('if __name__ == "__main__":\n    a = range(2), range(200)\n', 3, "p")
+
+
+def test_data_labels_and_file_names():
+    assert bench.data_label("/data/cifar10-jpeg.tar.gz") == "JPEG replica"
+    assert bench.data_label("/home/me/.cache/cifar10") == "CIFAR-10"
+    assert bench.slugify("NVIDIA A100-SXM4-80GB") == "nvidia-a100-sxm4-80gb"
+
+
+def _row(recipe, acc, seconds):
+    accs = [acc - 0.001, acc + 0.001]
+    info = {"gpu": "cpu", "torch": "2.x", "data": "JPEG replica", "date": "2026-01-01"}
+    return bench.summarise(recipe, accs, [seconds, seconds], info, "", planned=2, code=0)
+
+
+def test_csv_keeps_other_recipes_of_an_earlier_call(tmp_path):
+    path = tmp_path / "2026-01-01-cpu.csv"
+    bench.write_csv([_row("full", 0.94, 2.0), _row("seed", 0.93, 9.0)], path)
+    table = bench.write_csv([_row("airbench94_muon", 0.94, 2.5), _row("seed", 0.935, 8.0)], path)
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["recipe"] for r in rows] == [r["recipe"] for r in table] == ["full", "airbench94_muon", "seed"]
+    assert float(rows[2]["mean_seconds"]) == 8.0
+    assert any(line.startswith("mean seconds full / airbench94_muon = 0.800") for line in bench.comparison(table))
+
+
+def test_cut_short_runs_are_flagged():
+    info = {"gpu": "cpu", "torch": "2.x", "data": "CIFAR-10", "date": "2026-01-01"}
+    row = bench.summarise("cifar10_speedrun", [0.94], [2.0], info, "1 warm-up not counted", planned=25, code=None)
+    assert row["runs"] == 1 and row["std_acc"] == ""
+    assert row["note"] == "1 warm-up not counted; cut short: 1 of 25 runs (time budget)"
+
+
+def test_fake_peer_stops_without_its_data_like_a_real_peer_would_download(tmp_path):
+    proc = subprocess.run([sys.executable, str(FAKE_PEER)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "cifar10/train.pt not found" in proc.stderr
+
+
+def _bench(replica, out, budget):
+    # The quick profile takes 15-30 s a run on 2 idle cores; the budget is generous because CI's cores are shared.
+    cmd = [sys.executable, str(BENCH), "--quick", "--peer", f"airbench94_muon={FAKE_PEER}",
+           "--data", str(replica), "--out", str(out), "--time-budget", str(budget)]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=budget + 120)
+
+
+def test_time_budget_skips_what_does_not_fit_and_says_so(replica, tmp_path):
+    proc = _bench(replica, tmp_path, budget=1)
+    assert proc.returncode == 1
+    assert "quick: skipped" in proc.stdout and "airbench94_muon: skipped" in proc.stdout
+    assert not list(tmp_path.glob("*.csv"))
+
+
+def test_quick_bench_writes_a_well_formed_csv(replica, tmp_path):
+    proc = _bench(replica, tmp_path, budget=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    (path,) = tmp_path.glob("*.csv")
+    assert path.name == f"{datetime.date.today().isoformat()}-cpu.csv"
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == bench.COLUMNS
+    assert [r["recipe"] for r in rows] == ["quick", "airbench94_muon"]
+    for r in rows:
+        assert (r["gpu"], r["data"], r["runs"]) == ("cpu", "JPEG replica", "2")
+        assert 0.1 < float(r["min_acc"]) <= float(r["mean_acc"]) <= 1.0   # above chance (10%)
+        assert 0 <= float(r["std_acc"]) < 0.2
+        assert float(r["mean_seconds"]) > 0 and float(r["median_seconds"]) > 0
+    assert "script fake_peer.py" in rows[1]["note"]
+    assert "mean seconds quick / airbench94_muon" in proc.stdout
+    assert proc.stdout.rstrip().splitlines()[-1].startswith("airbench94_muon")   # the table comes last

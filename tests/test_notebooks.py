@@ -1,0 +1,164 @@
+"""The notebook series (issue 4): stored clean, opened the same way, executed headless.
+
+Static checks (no data): the stored notebooks carry no outputs, each opens with its Colab badge and
+then the set-up cell. That set-up cell is the one piece of text the series repeats on purpose: it
+must run before hlb_utils is importable, so it cannot live in the library; these tests keep every
+copy identical to `hlb_utils.notebook.SETUP_CELL`.
+
+Execution checks (the replica, quick profile): every notebook runs top to bottom with no error
+output and draws its figures; the record notebook writes a summary.json above chance; re-running a
+middle cell and everything after it reproduces the results of the first pass.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from hlb_utils import notebook as hn
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+PATHS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+SERIES = ["00_quickstart", "01_data_pipeline", "02_baseline", "03_se_resnet",
+          "04_training_recipe", "05_speed_tricks", "06_record_run"]
+# The fewest figures (image/png outputs) each notebook draws in the quick profile.
+MIN_FIGURES = {"00": 2, "01": 4, "02": 1, "03": 3, "04": 2, "05": 1, "06": 3, "07": 1}
+RERUN_NOTEBOOK = "01_data_pipeline.ipynb"
+CELL_TIMEOUT = 600  # seconds allowed per cell
+
+
+def _read(path: Path):
+    return nbformat.read(path, as_version=4)
+
+
+def _code_cells(nb) -> list:
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def test_the_series_is_complete_and_numbered_once():
+    stems = [p.stem for p in PATHS]
+    assert stems[: len(SERIES)] == SERIES
+    numbers = [s[:2] for s in stems]
+    assert len(numbers) == len(set(numbers)), f"two notebooks share a number: {stems}"
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
+def test_stored_without_outputs(path):
+    for cell in _code_cells(_read(path)):
+        assert cell.outputs == [], f"{path.name}: a cell was stored with outputs:\n{cell.source[:200]}"
+        assert cell.execution_count is None, f"{path.name}: a cell was stored with an execution count"
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
+def test_badge_then_setup_cell(path):
+    nb = _read(path)
+    first, second = nb.cells[0], nb.cells[1]
+    assert first.cell_type == "markdown" and first.source.startswith(hn.colab_badge(path.name))
+    assert hn.REPO_URL.split("github.com/")[1] in hn.colab_url(path.name)
+    assert second.cell_type == "code" and second.source == hn.SETUP_CELL, (
+        f"{path.name}: the second cell must be hlb_utils.notebook.SETUP_CELL, unchanged")
+    assert sum(c.source == hn.SETUP_CELL for c in nb.cells) == 1
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
+def test_house_style(path):
+    nb = _read(path)
+    assert 15 <= len(nb.cells) <= 40, f"{path.name} has {len(nb.cells)} cells; keep 15 to 40"
+    text = "\n".join(c.source for c in nb.cells)
+    assert "## Summary" in text and "## Try this" in text
+    assert "import *" not in text
+    # The last code cell shows the results table every notebook ends with.
+    assert "results_table" in _code_cells(nb)[-1].source
+
+
+def test_setup_cell_installs_from_the_pinned_ref():
+    assert f"git+{hn.REPO_URL}@{hn.REF}" in hn.SETUP_CELL
+    assert hn.REF in hn.colab_url("06_record_run.ipynb")
+
+
+def test_run_notebook_writes_output_and_names_the_failing_cell(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("import os\nprint(os.environ['HLB_RUN_DIR'])"),
+        nbformat.v4.new_code_cell("x = 1\nraise ValueError('broken on purpose')"),
+    ])
+    path = tmp_path / "broken.ipynb"
+    nbformat.write(nb, path)
+    out = tmp_path / "out"
+    with pytest.raises(hn.NotebookError, match="ValueError: broken on purpose") as err:
+        hn.run_notebook(path, out, timeout=60, echo=False)
+    assert "raise ValueError('broken on purpose')" in str(err.value)
+    executed = _read(out / "broken.ipynb")
+    assert executed.cells[0].outputs[0]["text"].strip() == str(out.resolve())
+
+
+def test_command_line_explains_a_missing_notebook(tmp_path, capsys):
+    assert hn.main(["run", str(tmp_path / "nope.ipynb"), "--out", str(tmp_path)]) == 1
+    assert "no notebook at" in capsys.readouterr().err
+
+
+# ---- execution in the quick profile -------------------------------------------------------------
+
+def _texts(cell) -> list[str]:
+    """The text a reader sees in a cell's outputs (stream text, text/plain and HTML tables)."""
+    out = []
+    for o in cell.get("outputs", []):
+        if o.get("output_type") == "stream":
+            out.append(o["text"])
+        for kind in ("text/html", "text/plain"):
+            if kind in o.get("data", {}):
+                out.append(o["data"][kind])
+    return out
+
+
+def _execute(path: Path, run_dir: Path, rerun: bool):
+    """Run all cells in one kernel; with `rerun`, run the middle code cell onwards once more.
+
+    Returns the executed notebook and, for the rerun, the (first, second) texts of the cells tagged
+    'deterministic' from the middle cell on.
+    """
+    nb = _read(path)
+    client = hn.make_client(nb, cwd=NOTEBOOKS, timeout=CELL_TIMEOUT)
+    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    pairs = None
+    with client.setup_kernel(env=hn.notebook_env(run_dir, "quick")):
+        for i in code:
+            client.execute_cell(nb.cells[i], i)
+        if rerun:
+            later = code[len(code) // 2:]
+            tagged = [i for i in later if "deterministic" in nb.cells[i].metadata.get("tags", [])]
+            first = {i: _texts(nb.cells[i]) for i in tagged}
+            for i in later:
+                client.execute_cell(nb.cells[i], i)
+            pairs = (first, {i: _texts(nb.cells[i]) for i in tagged})
+    return nb, pairs
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
+def test_notebook_runs_in_the_quick_profile(path, replica, tmp_path, monkeypatch):
+    monkeypatch.setenv("HLB_DATA", str(replica))
+    rerun = path.name == RERUN_NOTEBOOK
+    nb, pairs = _execute(path, tmp_path, rerun)
+    for cell in _code_cells(nb):
+        errors = [o for o in cell.outputs if o.get("output_type") == "error"]
+        assert not errors, f"{path.name}: {errors[0]['ename']} in\n{cell.source}"
+    figures = sum("image/png" in o.get("data", {}) for c in _code_cells(nb) for o in c.outputs)
+    assert figures >= MIN_FIGURES.get(path.name[:2], 0), f"{path.name} drew {figures} figures"
+    if path.name == "06_record_run.ipynb":
+        summary = json.loads((tmp_path / "summary.json").read_text())
+        assert summary["profile"] == "quick" and summary["runs"] >= 2
+        assert summary["test_accuracy"] > 0.2, "the record notebook learned nothing"
+        assert (tmp_path / "history.csv").is_file()
+    if rerun:
+        first, second = pairs
+        assert first, f"{path.name} has no cell tagged 'deterministic' after its middle"
+        assert first == second, "re-running from the middle changed a result"
+
+
+def test_notebooks_name_no_absolute_paths():
+    # Notebooks must run in Colab, locally and headless: no machine-specific paths in the source.
+    for path in PATHS:
+        for cell in _read(path).cells:
+            assert not re.search(r"(/work/|/root/|/home/|C:\\\\)", cell.source), path.name
