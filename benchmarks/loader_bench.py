@@ -13,6 +13,9 @@ padding=2, padding_mode='reflect'), RandomHorizontalFlip, ToTensor, Normalize, i
 `--workers` processes (default 2: one per core of our 2-core machine); its worker start-up is inside the
 epoch, as it is in a training loop without persistent workers. DeviceLoader: one-time set-up (normalise
 and pad) is reported apart; the epoch time is the median of `--epochs` epochs.
+
+On a busy machine (load average above the core count) torch's OpenMP threads spin-wait for each other
+and the DeviceLoader slows down ten-fold; run with OMP_WAIT_POLICY=PASSIVE (or --threads 1) there.
 """
 from __future__ import annotations
 
@@ -86,12 +89,18 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     parser.add_argument("--epochs", type=int, default=3, help="DeviceLoader epochs timed (median)")
     parser.add_argument("--device", default="cpu", help="DeviceLoader's device")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of this process (default: torch's choice; DataLoader workers use 1)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     cifar = data.load_cifar10(args.data)
     mean, std = loader.channel_stats(cifar.train_images)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
-          f"{len(cifar.train_labels):,} images, batch {args.batch_size}, translate 2 + random flip")
+    # other processes on a small machine slow both loaders (torch's threads most): show the load
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}; {len(cifar.train_labels):,} images, "
+          f"batch {args.batch_size}, translate 2 + random flip")
     setup, ours = time_device_loader(cifar, args.batch_size, args.epochs, args.device)
     print(f"DeviceLoader ({args.device}): {ours:.3f} s per epoch (median of {args.epochs}); set-up {setup:.2f} s")
     theirs = time_torchvision(cifar, args.batch_size, args.workers, mean, std)

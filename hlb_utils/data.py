@@ -150,7 +150,7 @@ def _validate(data: Cifar10, counts: list | None) -> str:
     """'' when shapes, dtypes, label range and counts agree, else the first problem found."""
     for split, count in zip(SPLITS, counts or [None, None]):
         images, labels = getattr(data, f"{split}_images"), getattr(data, f"{split}_labels")
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        if images.dtype != torch.uint8 or images.shape[1:] != (3, IMAGE_SIZE, IMAGE_SIZE):
             return f"{split} images have dtype {images.dtype} and shape {tuple(images.shape)}"
         if labels.dtype != torch.int64 or labels.shape != (len(images),) or len(images) != count:
             return f"{split}: {len(images)} images, {len(labels)} labels, expected {count}"
@@ -196,7 +196,7 @@ def _folder_files(path: Path) -> Iterator[tuple[str, bytes]]:
     for split in SPLITS:
         for file in sorted((root / split).rglob("*")):
             if file.is_file():
-                yield str(file.relative_to(root)), file.read_bytes()
+                yield str(file), file.read_bytes()
 
 
 def _check_member(member: tarfile.TarInfo, archive: Path) -> None:

@@ -67,16 +67,21 @@ def crop_at(x_padded: torch.Tensor, size: int, dy: torch.Tensor, dx: torch.Tenso
     sorted (as DeviceLoader arranges) every group lands in place, with no reordering pass.
     """
     n, span = len(dy), x_padded.shape[-1] - size + 1
+    dy, dx = dy.cpu().long(), dx.cpu().long()
+    if n and not (0 <= min(dy.min(), dx.min()) and max(dy.max(), dx.max()) < span):
+        raise ValueError(f"crop offsets must be in 0..{span - 1} (pixels) for {size}-pixel crops of "
+                         f"{tuple(x_padded.shape)} images")
     index = torch.arange(n) if index is None else index.cpu()
     flip = torch.zeros(n, dtype=torch.bool) if flip is None else flip.cpu()
-    key = (dy.cpu().long() * span + dx.cpu().long()) * 2 + flip.long()
+    key = (dy * span + dx) * 2 + flip.long()
     order = torch.argsort(key, stable=True)
     sources = index[order].to(x_padded.device)
     out = x_padded.new_empty((n, x_padded.shape[1], size, size))
     start = 0
     for k, count in zip(*(t.tolist() for t in torch.unique_consecutive(key[order], return_counts=True))):
         (y, x), mirrored = divmod(k // 2, span), k % 2
-        view, rows, part = x_padded[:, :, y:y + size, x:x + size], sources[start:start + count], out[start:start + count]
+        view = x_padded[:, :, y:y + size, x:x + size]
+        rows, part = sources[start:start + count], out[start:start + count]
         if mirrored:
             part.copy_(view.index_select(0, rows).flip(-1))
         else:

@@ -4,7 +4,7 @@ Every notebook (00 to 07) starts with the badge from `colab_badge` and the set-u
 which installs this package from the repository when it is missing (Colab) and then calls `setup()`.
 `run_notebook` executes a notebook with no Jupyter server, for README's first command:
 
-    python -m hlb_utils.notebook run notebooks/06_record_run.ipynb --out runs/record [--profile NAME]
+    python -m hlb_utils.notebook run notebooks/06_record_run.ipynb --out runs/record [--profile NAME] [--data SOURCE]
 """
 from __future__ import annotations
 
@@ -152,12 +152,14 @@ class NotebookError(RuntimeError):
     """A cell failed during headless execution; the message names the cell and its source."""
 
 
-def notebook_env(out_dir: str | Path, profile: str | None = None) -> dict:
-    """The environment a headless kernel gets: this process's, plus HLB_RUN_DIR and HLB_PROFILE."""
+def notebook_env(out_dir: str | Path, profile: str | None = None, data: str | None = None) -> dict:
+    """The environment a headless kernel gets: this process's, plus HLB_RUN_DIR, HLB_PROFILE, HLB_DATA."""
     env = dict(os.environ)
     env["HLB_RUN_DIR"] = str(Path(out_dir).resolve())
     if profile:
         env["HLB_PROFILE"] = profile
+    if data:
+        env["HLB_DATA"] = str(Path(data).expanduser().resolve()) if Path(data).expanduser().exists() else data
     # The package must import in the kernel even when it is not installed (a plain clone).
     root = str(Path(hlb_utils.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
@@ -193,11 +195,11 @@ def _fail(cell: Any, index: int, out_path: Path) -> NotebookError:
 
 
 def run_notebook(path: str | Path, out_dir: str | Path, profile: str | None = None,
-                 timeout: int | None = 3600, echo: bool = True) -> Path:
+                 timeout: int | None = 3600, echo: bool = True, data: str | None = None) -> Path:
     """Execute a notebook headless and write it, with outputs and figures, into `out_dir`.
 
     The kernel gets HLB_RUN_DIR=out_dir (the record notebook writes summary.json there) and, when
-    given, HLB_PROFILE=profile. Prints a line per code cell with its time. `timeout` is per cell,
+    given, HLB_PROFILE=profile and HLB_DATA=data (else the ones of this process). Prints a line per code cell with its time. `timeout` is per cell,
     in seconds (None: no limit). Raises NotebookError naming the failing cell's source and error.
     """
     import nbformat
@@ -211,7 +213,7 @@ def run_notebook(path: str | Path, out_dir: str | Path, profile: str | None = No
     client = make_client(nb, cwd=path.parent.resolve(), timeout=timeout, echo=echo)
     code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
     start = time.perf_counter()
-    with client.setup_kernel(env=notebook_env(out_dir, profile)):
+    with client.setup_kernel(env=notebook_env(out_dir, profile, data)):
         for n, index in enumerate(code, 1):
             cell = nb.cells[index]
             print(f"[cell {n}/{len(code)}] {_first_line(cell.source)}", flush=True)
@@ -228,7 +230,7 @@ def run_notebook(path: str | Path, out_dir: str | Path, profile: str | None = No
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m hlb_utils.notebook run NOTEBOOK --out DIR [--profile NAME] [--timeout S]`."""
+    """`python -m hlb_utils.notebook run NOTEBOOK --out DIR [--profile NAME] [--data SOURCE] [--timeout S]`."""
     parser = argparse.ArgumentParser(prog="python -m hlb_utils.notebook",
                                      description="Run a notebook of the series headless.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -236,15 +238,16 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("notebook", help="e.g. notebooks/06_record_run.ipynb")
     run.add_argument("--out", default="runs/record", help="folder for the executed notebook and run records")
     run.add_argument("--profile", default=None, help="full, seed, cpu, quick (default: HLB_PROFILE or auto)")
+    run.add_argument("--data", default=None, help="CIFAR-10 source (default: HLB_DATA, else a download)")
     run.add_argument("--timeout", type=int, default=3600, help="seconds allowed per cell")
     args = parser.parse_args(argv)
-    if args.profile:
-        from hlb_utils import config
+    from hlb_utils import config
 
-        config.resolve_profile(args.profile)  # a bad name fails here, before a kernel starts
     try:
-        run_notebook(args.notebook, args.out, profile=args.profile, timeout=args.timeout)
-    except (NotebookError, FileNotFoundError) as err:
+        if args.profile:
+            config.resolve_profile(args.profile)  # a bad name fails here, before a kernel starts
+        run_notebook(args.notebook, args.out, profile=args.profile, timeout=args.timeout, data=args.data)
+    except (NotebookError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

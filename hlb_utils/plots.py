@@ -1,6 +1,7 @@
 """Matplotlib figures for the notebooks.
 
-`image_grid` is taught in notebook 01 (looking at the data, and at what augmentation does to it).
+`image_grid` is taught in notebook 01 (looking at the data, and at what augmentation does to it);
+the training curves, the lr schedule and the spread over runs in notebooks 04 and 06.
 Figures are built with matplotlib's object API (`matplotlib.figure.Figure`), not pyplot: nothing
 is registered globally, so a notebook shows the returned figure exactly once and tests leak nothing.
 """
@@ -11,6 +12,7 @@ from typing import Sequence
 
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 CELL_INCHES = 1.2   # width of one image in the grid, in inches (its title adds a little height)
 
@@ -55,3 +57,65 @@ def _to_unit_range(images: torch.Tensor, mean, std) -> torch.Tensor:
         images = images * torch.as_tensor(std, dtype=torch.float32).view(shape) \
             + torch.as_tensor(mean, dtype=torch.float32).view(shape)
     return images.clamp(0, 1)
+
+
+def plot_curves(history, title: str | None = None):
+    """Loss and accuracy per epoch (train, test, EMA and final TTA where present), side by side."""
+    fig = Figure(figsize=(10, 3.6))
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    epochs = history["epoch"]
+    ax_loss.plot(epochs, history["train_loss"], "o-", label="train")
+    if history["test_loss"].notna().any():
+        ax_loss.plot(epochs, history["test_loss"], "s-", label="test")
+    ax_loss.set(xlabel="epoch", ylabel="loss (label-smoothed for train)", title="loss")
+    for column, style, label in (("train_acc", "o-", "train"), ("test_acc", "s-", "test"),
+                                 ("ema_acc", "^-", "test, EMA weights"), ("tta_acc", "*", "test, with TTA")):
+        if column in history and history[column].notna().any():
+            ax_acc.plot(epochs, history[column], style, label=label, markersize=8 if style == "*" else 5)
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_lr_schedule(cfg, steps_per_epoch: int):
+    """The learning-rate multiplier over training, and when the whitening bias stops learning."""
+    from .optim import schedule_curve
+
+    total = max(1, round(cfg.epochs * steps_per_epoch))
+    curve = schedule_curve(cfg, total)
+    fig = Figure(figsize=(6, 3))
+    ax = fig.subplots()
+    ax.plot([s / steps_per_epoch for s in range(total)], curve, label=f"{cfg.schedule} schedule")
+    if 0 < cfg.whiten_bias_epochs < cfg.epochs:
+        ax.axvline(cfg.whiten_bias_epochs, color="gray", ls="--", label="whitening bias frozen")
+    ax.set(xlabel="epoch", ylabel="lr multiplier", title=f"learning-rate schedule ({total} steps)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_spread(accuracies, target: float = 0.94, title: str | None = None):
+    """Each run's accuracy as a dot, with the mean, a 95% interval and the target line."""
+    from .stats import summarize_accuracies
+
+    accs = [float(a) for a in accuracies]
+    s = summarize_accuracies(accs, target)
+    fig = Figure(figsize=(6, 2.6))
+    ax = fig.subplots()
+    jitter = [0.05 * ((i * 7) % 5 - 2) for i in range(len(accs))]  # spread dots vertically, reproducibly
+    ax.scatter([a * 100 for a in accs], jitter, alpha=0.7, label=f"{len(accs)} runs")
+    ax.axvline(s["mean"] * 100, color="C1", label=f"mean {s['mean'] * 100:.2f}%")
+    if s["ci95_low"] == s["ci95_low"]:  # not NaN
+        ax.axvspan(s["ci95_low"] * 100, s["ci95_high"] * 100, color="C1", alpha=0.2, label="95% interval of the mean")
+    ax.axvline(target * 100, color="k", ls="--", label=f"target {target * 100:g}%")
+    ax.set(xlabel="test accuracy (%)", yticks=[], ylim=(-0.5, 0.5), title=title or "spread over runs")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
