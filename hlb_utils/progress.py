@@ -62,17 +62,23 @@ class LiveTable:
     def status(self, text: str, force: bool = False) -> None:
         """A transient progress line, e.g. 'epoch 2: step 40/100'; rate-limited unless forced."""
         now = time.monotonic()
-        if not self.enabled or (not force and now - self._last < self.status_every):
+        tty = sys.stdout.isatty()
+        # A terminal redraws one line in place; a log file (no terminal) gets a line every 30 s.
+        every = self.status_every if self.jupyter or tty else 30.0
+        if not self.enabled or (not force and now - self._last < every):
             return
         self._last, self._status = now, text
         if self.jupyter:
             self._show_jupyter()
-        else:
+        elif tty:
             sys.stdout.write("\r" + text.ljust(self.width * len(self.columns))[: 120] + "\r")
             sys.stdout.flush()
+        else:
+            print(text, flush=True)
 
     def _print_line(self, line: str) -> None:
-        sys.stdout.write("\r" + " " * 120 + "\r" + line + "\n")
+        clear = "\r" + " " * 120 + "\r" if sys.stdout.isatty() else ""
+        sys.stdout.write(clear + line + "\n")
         sys.stdout.flush()
 
     def _show_jupyter(self) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import data as data_mod
@@ -102,6 +103,19 @@ def _warm_up(step_fn, net: nn.Module, batch) -> float:
     return time.perf_counter() - start
 
 
+def shrink(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Progressive resizing (fast.ai's DAWNBench trick): early epochs see smaller images, which cost
+    about (size/32)^2 as much; the global max-pool head makes the net indifferent to the input size."""
+    if x.shape[-1] == size:
+        return x
+    out = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return out.contiguous(memory_format=torch.channels_last) if _is_channels_last(x) else out
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 def _peak_memory_mb(device) -> float:
     """Peak CUDA memory of this run; elsewhere the process's peak resident memory (Linux: KiB)."""
     if device.type == "cuda":
@@ -180,6 +194,7 @@ class _Run:
                              f"{cfg.train_subset or 'all'} training images; lower it")
         self.total_steps = max(1, round(cfg.epochs * self.steps_per_epoch))
         self.whiten_steps = round(cfg.whiten_bias_epochs * self.steps_per_epoch)
+        self.low_res_steps = round(cfg.low_res_epochs * self.steps_per_epoch) if cfg.low_res else 0
         self.ema_start = self.total_steps - round(cfg.ema_epochs * self.steps_per_epoch)
         self.ema = None  # made at the step where averaging starts (a copy of the weights then)
         self.lookahead = Lookahead(net, self.total_steps) if cfg.lookahead else None
@@ -228,6 +243,8 @@ class _Run:
             if step >= self.total_steps:
                 break
             lr = _set_lrs(self.optimizers, self.cfg, step, self.total_steps, self.whiten_steps)
+            if step < self.low_res_steps:
+                x = shrink(x, self.cfg.low_res)
             loss, right = self.step(x, y)
             self._check_finite(loss, step)
             loss_sum += loss
@@ -275,51 +292,9 @@ class _Run:
         return row
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m hlb_utils.train --profile NAME [--runs N] [--data SOURCE] [--out DIR]`."""
-    import argparse
-    import json
-
-    from .config import PROFILE_NAMES
-    from .runs import run_many, write_records
-
-    wall_start = time.perf_counter()
-    parser = argparse.ArgumentParser(prog="python -m hlb_utils.train", description=__doc__.split("\n")[0])
-    parser.add_argument("--profile", default=None, help=f"one of {PROFILE_NAMES + ('auto',)} "
-                        "(default: HLB_PROFILE, else auto = full on CUDA, cpu elsewhere)")
-    parser.add_argument("--runs", type=int, default=1, help="timed runs with seeds seed, seed+1, ...")
-    parser.add_argument("--warmup-runs", type=int, default=0, help="untimed runs first (compile, caches)")
-    parser.add_argument("--data", default=None, help="CIFAR-10 source (default: HLB_DATA)")
-    parser.add_argument("--out", default=None, help="folder for summary.json, runs.csv, history.csv")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a config field, e.g. --set epochs=10 (JSON values)")
-    parser.add_argument("--quiet", action="store_true", help="no live table")
-    args = parser.parse_args(argv)
-    changes = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set {item!r}: expected FIELD=VALUE")
-        try:
-            changes[key] = json.loads(value)
-        except json.JSONDecodeError:
-            changes[key] = value
-        if isinstance(changes[key], list):
-            changes[key] = tuple(changes[key])
-    try:
-        cfg = get_profile(args.profile, **changes)
-    except (TypeError, ValueError) as err:
-        parser.error(str(err))
-    data = data_mod.load_cifar10(args.data)
-    print(f"profile {cfg.profile}: {cfg.net} net, widths {cfg.widths}, {cfg.epochs} epochs, "
-          f"batch {cfg.batch_size}, data {data.source}")
-    result = run_many(cfg, data, runs=args.runs, warmup_runs=args.warmup_runs, verbose=not args.quiet)
-    if args.out:
-        out = write_records(result, args.out, data_source=data.source,
-                            wall_seconds=time.perf_counter() - wall_start)
-        print(f"run records written to {out}")
-    return 1 if any(r.interrupted for r in result.results) else 0
-
 
 if __name__ == "__main__":
+    # `python -m hlb_utils.train ...`: the command line lives in cli.py, to keep this module short.
+    from .cli import main
+
     raise SystemExit(main())

@@ -1,0 +1,58 @@
+"""The command line for headless runs and the GPU benchmark (no Jupyter needed).
+
+    python -m hlb_utils.train --profile quick --runs 2 --data PATH --out runs/quick
+
+prints the live rows of the first run and one line per further run, then writes the run records
+(`summary.json`, `runs.csv`, `history.csv`) into --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from . import data as data_mod
+from .config import PROFILE_NAMES, get_profile
+from .runs import run_many, write_records
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m hlb_utils.train --profile NAME [--runs N] [--data SOURCE] [--out DIR]`."""
+    wall_start = time.perf_counter()
+    parser = argparse.ArgumentParser(prog="python -m hlb_utils.train",
+                                     description="Train a profile and write its run records.")
+    parser.add_argument("--profile", default=None, help=f"one of {PROFILE_NAMES + ('auto',)} "
+                        "(default: HLB_PROFILE, else auto = full on CUDA, cpu elsewhere)")
+    parser.add_argument("--runs", type=int, default=1, help="timed runs with seeds seed, seed+1, ...")
+    parser.add_argument("--warmup-runs", type=int, default=0, help="untimed runs first (compile, caches)")
+    parser.add_argument("--data", default=None, help="CIFAR-10 source (default: HLB_DATA)")
+    parser.add_argument("--out", default=None, help="folder for summary.json, runs.csv, history.csv")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a config field, e.g. --set epochs=10 (JSON values)")
+    parser.add_argument("--quiet", action="store_true", help="no live table")
+    args = parser.parse_args(argv)
+    changes = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected FIELD=VALUE")
+        try:
+            changes[key] = json.loads(value)
+        except json.JSONDecodeError:
+            changes[key] = value
+        if isinstance(changes[key], list):
+            changes[key] = tuple(changes[key])
+    try:
+        cfg = get_profile(args.profile, **changes)
+    except (TypeError, ValueError) as err:
+        parser.error(str(err))
+    data = data_mod.load_cifar10(args.data)
+    print(f"profile {cfg.profile}: {cfg.net} net, widths {cfg.widths}, {cfg.epochs} epochs, "
+          f"batch {cfg.batch_size}, data {data.source}")
+    result = run_many(cfg, data, runs=args.runs, warmup_runs=args.warmup_runs, verbose=not args.quiet)
+    if args.out:
+        out = write_records(result, args.out, data_source=data.source,
+                            wall_seconds=time.perf_counter() - wall_start)
+        print(f"run records written to {out}")
+    return 1 if any(r.interrupted for r in result.results) else 0
+
