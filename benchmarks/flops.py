@@ -28,8 +28,12 @@ def run_flops(cfg: config.TrainConfig) -> dict:
     infer_per_image = model.count_flops(net, train=False)
     n_train = min(cfg.train_subset or TRAIN_IMAGES, TRAIN_IMAGES)
     n_test = min(cfg.test_subset or TEST_IMAGES, TEST_IMAGES)
-    steps = round(cfg.epochs * (n_train // cfg.batch_size))
-    train_flops = steps * cfg.batch_size * train_per_image
+    steps_per_epoch = n_train // cfg.batch_size
+    steps = round(cfg.epochs * steps_per_epoch)
+    # progressive resizing: the first low_res_epochs see smaller images
+    small = min(steps, round(cfg.low_res_epochs * steps_per_epoch)) if cfg.low_res else 0
+    small_per_image = model.count_flops(net, train=True, image_size=cfg.low_res) if small else 0
+    train_flops = cfg.batch_size * ((steps - small) * train_per_image + small * small_per_image)
     views = len(evaluate.tta_views(torch.zeros(1, 3, 32, 32), cfg.tta))
     evals = math.ceil(cfg.epochs / cfg.eval_every) if cfg.eval_every else 1
     eval_flops = n_test * infer_per_image * (views + evals)

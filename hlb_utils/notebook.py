@@ -180,6 +180,15 @@ def make_client(nb: Any, cwd: str | Path, timeout: int | None = None, echo: bool
                 sys.stdout.flush()
             return super().output(outs, msg, display_id, cell_index)
 
+        def process_message(self, msg, cell, cell_index):
+            # The live epoch table updates one display in place: echo its newest line (a row or the
+            # in-epoch status), so a terminal shows progress during long training cells.
+            if echo and msg.get("msg_type") == "update_display_data":
+                text = msg["content"].get("data", {}).get("text/plain", "")
+                if text:
+                    print("    " + text.splitlines()[-1], flush=True)
+            return super().process_message(msg, cell, cell_index)
+
     return _Client(nb, timeout=timeout, kernel_name="python3",
                    resources={"metadata": {"path": str(cwd)}})
 
@@ -190,10 +199,10 @@ def _first_line(source: str) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _fail(cell: Any, index: int, out_path: Path) -> NotebookError:
+def _fail(cell: Any, where: str, out_path: Path) -> NotebookError:
     errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
     what = f"{errors[0]['ename']}: {errors[0]['evalue']}" if errors else "the kernel stopped"
-    return NotebookError(f"cell {index} failed with {what}\n--- source ---\n{cell.source}\n"
+    return NotebookError(f"code cell {where} failed with {what}\n--- source ---\n{cell.source}\n"
                          f"--- the partly executed notebook is at {out_path}")
 
 
@@ -202,8 +211,9 @@ def run_notebook(path: str | Path, out_dir: str | Path, profile: str | None = No
     """Execute a notebook headless and write it, with outputs and figures, into `out_dir`.
 
     The kernel gets HLB_RUN_DIR=out_dir (the record notebook writes summary.json there) and, when
-    given, HLB_PROFILE=profile and HLB_DATA=data (else the ones of this process). Prints a line per code cell with its time. `timeout` is per cell,
-    in seconds (None: no limit). Raises NotebookError naming the failing cell's source and error.
+    given, HLB_PROFILE=profile and HLB_DATA=data (else the ones of this process). Prints a line per
+    code cell with its time. `timeout` is per cell, in seconds (None: no limit). Raises
+    NotebookError naming the failing cell's source and error.
     """
     import nbformat
 
@@ -225,7 +235,7 @@ def run_notebook(path: str | Path, out_dir: str | Path, profile: str | None = No
                 client.execute_cell(cell, index)
             except Exception as err:
                 nbformat.write(nb, out_path)
-                raise _fail(cell, index, out_path) from err
+                raise _fail(cell, f"{n}/{len(code)}", out_path) from err
             print(f"[cell {n}/{len(code)}] {time.perf_counter() - tic:.1f} s", flush=True)
     nbformat.write(nb, out_path)
     print(f"done in {time.perf_counter() - start:.1f} s: {out_path}", flush=True)

@@ -83,13 +83,17 @@ class LiveTable:
 
     def _show_jupyter(self) -> None:
         import pandas as pd
-        from IPython.display import HTML, display
+        from IPython.display import display
 
         frame = pd.DataFrame(self.rows, columns=self.columns)
         html = frame.to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-")
+        # text/plain rides along for headless runs: its last line is the newest row or the status.
+        text = frame.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-") if self.rows else ""
         if self._status:
             html += f"<pre>{self._status}</pre>"
+            text += ("\n" if text else "") + self._status
+        bundle = {"text/html": html, "text/plain": text}
         if self._handle is None:
-            self._handle = display(HTML(html), display_id=True)
+            self._handle = display(bundle, raw=True, display_id=True)
         else:
-            self._handle.update(HTML(html))
+            self._handle.update(bundle, raw=True)

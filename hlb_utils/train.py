@@ -66,7 +66,9 @@ def _subset(images, labels, n, seed=0):
     return images[order], labels[order]
 
 
-def _loaders(cfg: TrainConfig, data, device, dtype, channels_last):
+def make_loaders(cfg: TrainConfig, data, device, dtype=torch.float32, channels_last: bool = False):
+    """The training and test DeviceLoaders `train()` uses (test normalised with the training statistics)."""
+    device = torch.device(device)
     train_x, train_y = _subset(data.train_images, data.train_labels, cfg.train_subset)
     test_x, test_y = _subset(data.test_images, data.test_labels, cfg.test_subset)
     train = DeviceLoader(train_x, train_y, cfg.batch_size, train=True, device=device, dtype=dtype,
@@ -141,7 +143,7 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    train_loader, test_loader = _loaders(cfg, data, device, dtype, channels_last)
+    train_loader, test_loader = make_loaders(cfg, data, device, dtype, channels_last)
     net = (model if model is not None else make_net(cfg)).to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
