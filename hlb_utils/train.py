@@ -149,7 +149,9 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
         net = net.to(memory_format=torch.channels_last)
     init_start = time.perf_counter()
     if hasattr(net, "whiten"):
-        init_whitening(net, train_loader.images[:WHITEN_IMAGES])
+        # a seeded random sample: folder sources store the images class by class
+        pick = torch.randperm(len(train_loader.images), generator=torch.Generator().manual_seed(cfg.seed))
+        init_whitening(net, train_loader.images[pick[:WHITEN_IMAGES].to(device)])
     init_seconds = time.perf_counter() - init_start
     optimizers = make_optimizers(net, cfg)
     compiled, compile_note = maybe_compile(net, cfg.compile, device)
