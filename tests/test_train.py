@@ -157,3 +157,12 @@ def test_command_line_writes_summary(replica, tmp_path):
     assert summary["profile"] == "quick" and summary["runs"] == 1 and summary["epochs"] == 1
     assert 0.0 <= summary["test_accuracy"] <= 1.0 and summary["train_seconds"] > 0
     assert summary["data"].endswith("cifar10-jpeg.tar.gz")
+
+
+def test_out_of_memory_names_a_smaller_batch(synthetic, monkeypatch):
+    def no_memory(self, epoch, step):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(train._Run, "_epoch", no_memory)
+    with pytest.raises(RuntimeError, match=r"batch_size=100.*batch_size=50"):
+        train.train(tiny_cfg(), synthetic, verbose=False)
