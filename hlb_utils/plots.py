@@ -65,13 +65,16 @@ def plot_curves(history, title: str | None = None):
     ax_loss, ax_acc = fig.subplots(1, 2)
     epochs = history["epoch"]
     ax_loss.plot(epochs, history["train_loss"], "o-", label="train")
-    if history["test_loss"].notna().any():
-        ax_loss.plot(epochs, history["test_loss"], "s-", label="test")
+    tested = history["test_loss"].notna()  # with eval_every > 1 only some epochs were evaluated
+    if tested.any():
+        ax_loss.plot(epochs[tested], history["test_loss"][tested], "s-", label="test")
     ax_loss.set(xlabel="epoch", ylabel="loss (label-smoothed for train)", title="loss")
     for column, style, label in (("train_acc", "o-", "train"), ("test_acc", "s-", "test"),
                                  ("ema_acc", "^-", "test, EMA weights"), ("tta_acc", "*", "test, with TTA")):
         if column in history and history[column].notna().any():
-            ax_acc.plot(epochs, history[column], style, label=label, markersize=8 if style == "*" else 5)
+            known = history[column].notna()
+            ax_acc.plot(epochs[known], history[column][known], style, label=label,
+                        markersize=8 if style == "*" else 5)
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax in (ax_loss, ax_acc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
