@@ -139,7 +139,7 @@ _PROFILES: dict[str, dict[str, Any]] = {
     ),
     "cpu": dict(
         # Measured on 2 CPU cores, JPEG replica: 4 epochs at 32 px gave 86.2%; 6 epochs with the first 4
-        # at 24 px gave 87.1% in less time (7 epochs: 87.3%, over 15 minutes). Width 32 is the limit here.
+        # at 24 px gave 86.9-87.1% in 560-650 s of training (7 epochs: 87.3%, over 15 minutes).
         widths=(32, 128, 128), batch_size=500, epochs=6, low_res=24, low_res_epochs=4,
         tta="multi", dtype="fp32", eval_every=2,
     ),
