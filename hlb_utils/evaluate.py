@@ -43,12 +43,13 @@ def tta_logits(net: nn.Module | callable, x: Tensor, mode: str = "none") -> Tens
     """Weighted mean of the network's logits over the TTA views of a batch (in fp32)."""
     out = None
     for weight, view in tta_views(x, mode):
-        logits = net(view.contiguous(memory_format=_format_of(x))).float() * weight
+        logits = net(view.contiguous(memory_format=memory_format_of(x))).float() * weight
         out = logits if out is None else out + logits
     return out
 
 
-def _format_of(x: Tensor) -> torch.memory_format:
+def memory_format_of(x: Tensor) -> torch.memory_format:
+    """channels_last if the batch is stored that way (and has more than one channel), else contiguous."""
     return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
         and not x.is_contiguous() else torch.contiguous_format
 

@@ -25,7 +25,7 @@ from torch import nn
 from . import data as data_mod
 from .config import TrainConfig, get_profile
 from .device import Timer, device_name, maybe_compile, pick_device, pick_dtype, use_channels_last
-from .evaluate import evaluate
+from .evaluate import evaluate, memory_format_of
 from .loader import DeviceLoader
 from .model import init_whitening, make_net
 from .optim import EMA, Lookahead, lr_multiplier, make_optimizers, smoothed_cross_entropy
@@ -111,11 +111,7 @@ def shrink(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-1] == size:
         return x
     out = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return out.contiguous(memory_format=torch.channels_last) if _is_channels_last(x) else out
-
-
-def _is_channels_last(x: torch.Tensor) -> bool:
-    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return out.contiguous(memory_format=memory_format_of(x))
 
 
 def _peak_memory_mb(device) -> float:
