@@ -29,16 +29,23 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
 def pick_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
     """Compute precision: 'auto' is bf16 on CUDA GPUs that have it, fp16 on older ones, fp32 elsewhere."""
-    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     if name != "auto":
         if device.type == "cpu" and name == "fp16":
             raise ValueError("dtype='fp16' is too slow or unsupported on the CPU; use 'fp32' or 'auto'")
-        return table[name]
+        return DTYPES[name]
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """'bf16', 'fp16' or 'fp32': the config's spelling, for run records."""
+    return next(name for name, value in DTYPES.items() if value == dtype)
 
 
 def use_channels_last(device: torch.device, setting: str = "auto") -> bool:

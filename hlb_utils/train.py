@@ -24,7 +24,7 @@ from torch import nn
 
 from . import data as data_mod
 from .config import TrainConfig, get_profile
-from .device import Timer, device_name, maybe_compile, pick_device, pick_dtype, use_channels_last
+from .device import Timer, device_name, dtype_name, maybe_compile, pick_device, pick_dtype, use_channels_last
 from .evaluate import evaluate, memory_format_of
 from .loader import DeviceLoader
 from .model import init_whitening, make_net
@@ -52,6 +52,7 @@ class TrainResult:
     tta_seconds: float = 0.0      # the final evaluation with TTA
     wall_seconds: float = 0.0     # the whole call, loading and evaluation included
     device: str = "cpu"
+    precision: str = "fp32"       # what 'auto' resolved to: bf16, fp16 or fp32
     peak_memory_mb: float | None = None
     interrupted: bool = False
     compile_note: str = "off"
@@ -110,8 +111,9 @@ def shrink(x: torch.Tensor, size: int) -> torch.Tensor:
     about (size/32)^2 as much; the global max-pool head makes the net indifferent to the input size."""
     if x.shape[-1] == size:
         return x
-    out = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return out.contiguous(memory_format=memory_format_of(x))
+    # antialiased resizing has no half-precision kernel on every device: resize in fp32, cast back
+    out = F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return out.to(x.dtype).contiguous(memory_format=memory_format_of(x))
 
 
 def _peak_memory_mb(device) -> float:
@@ -178,6 +180,7 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
     return TrainResult(config=cfg, history=frame, test_accuracy=acc, train_seconds=run.timer.total,
                        compile_seconds=compile_seconds, init_seconds=init_seconds, tta_seconds=tta_seconds,
                        wall_seconds=time.perf_counter() - wall_start, device=device_name(device),
+                       precision=dtype_name(dtype),
                        peak_memory_mb=_peak_memory_mb(device), interrupted=interrupted,
                        compile_note=compile_note, model=net)
 

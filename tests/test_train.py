@@ -44,6 +44,15 @@ def test_learns_synthetic_far_above_chance(synthetic):
     assert res.test_accuracy > 0.5  # chance is 0.1
 
 
+def test_mixed_precision_path_learns(synthetic):
+    # The path GPUs take (autocast to bf16, loader batches in bf16, Muon in bf16), run on the CPU,
+    # with progressive resizing on so that shrinking half-precision batches is exercised too.
+    res = train.train(tiny_cfg(epochs=4, dtype="bf16", low_res=24, low_res_epochs=2), synthetic, verbose=False)
+    assert res.precision == "bf16"
+    assert res.history["train_loss"].notna().all()
+    assert res.test_accuracy > 0.5  # chance is 0.1
+
+
 def test_user_model_trains(synthetic):
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
@@ -157,6 +166,7 @@ def test_command_line_writes_summary(replica, tmp_path):
     assert summary["profile"] == "quick" and summary["runs"] == 1 and summary["epochs"] == 1
     assert 0.0 <= summary["test_accuracy"] <= 1.0 and summary["train_seconds"] > 0
     assert summary["data"].endswith("cifar10-jpeg.tar.gz")
+    assert summary["precision"] == "fp32" and summary["compile"] == "off"  # what 'auto' meant on this CPU
 
 
 def test_out_of_memory_names_a_smaller_batch(synthetic, monkeypatch):
