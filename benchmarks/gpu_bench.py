@@ -163,6 +163,8 @@ def run_ours(recipe: str, runs: int, warmup: int, ctx: dict, timeout: float) -> 
     out, log = ctx["work"] / recipe, ctx["work"] / f"{recipe}.log"
     cmd = [sys.executable, "-u", "-m", "hlb_utils.train", "--profile", recipe, "--runs", str(runs),
            "--warmup-runs", str(warmup), "--data", ctx["source"], "--out", str(out)]
+    for change in ctx["sets"]:
+        cmd += ["--set", change]
     _, code = stream(cmd, REPO, ctx["env"], log, timeout, recipe)
     if not (out / "summary.json").exists():
         print(f"!! {recipe}: no summary.json ({'time budget hit' if code is None else f'exit {code}'}); log {log}")
@@ -173,8 +175,9 @@ def run_ours(recipe: str, runs: int, warmup: int, ctx: dict, timeout: float) -> 
     done = [(a, s) for a, s in zip(summary["accuracies"], summary["train_seconds_all"]) if a is not None]
     if not done:
         return None
-    row = summarise(recipe, [a for a, _ in done], [s for _, s in done], info,
-                    f"{warmup} warm-up not counted" if warmup else "", runs, code)
+    note = "; ".join([f"{warmup} warm-up not counted"] * bool(warmup) + [f"set {c}" for c in ctx["sets"]]
+                     + [f"precision {summary.get('precision')}, compile {summary.get('compile')}"])
+    row = summarise(recipe, [a for a, _ in done], [s for _, s in done], info, note, runs, code)
     with open(out / "runs.csv", newline="") as f:
         runs_table = list(csv.DictReader(f))
     # Not a CSV column: shown beside the ratio, because airbench's timer also holds whitening init and TTA.
@@ -289,6 +292,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="CPU check: the `quick` profile twice, peers 2 runs")
     p.add_argument("--time-budget", type=float, default=450.0, help="wall seconds for everything (default 7.5 min)")
     p.add_argument("--only", default="", help="comma-separated recipes to run now (others keep their CSV rows)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
+                   help="change our profiles' config, e.g. --set compile=false (repeatable; named in the row's note)")
     p.add_argument("--work", type=Path, default=None, help="keep logs and run folders here (default: a temp folder)")
     args = p.parse_args(argv)
     if not Path(args.data).exists():
@@ -303,6 +308,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--peer: give each NAME once")
     args.peer = [(name, Path(path).resolve()) for name, path in peers]
     args.only = {name.strip() for name in args.only.split(",") if name.strip()}
+    sys.path.insert(0, str(REPO))   # this checkout's hlb_utils, as the children get it
+    from hlb_utils.config import TrainConfig
+
+    for change in args.sets:
+        name, sep, _ = change.partition("=")
+        if not sep or name not in TrainConfig.__dataclass_fields__:
+            p.error(f"--set {change!r}: write FIELD=VALUE with a TrainConfig field (e.g. compile=false)")
     return args
 
 
@@ -330,13 +342,13 @@ def main(argv: list[str] | None = None) -> int:
     source = str(Path(args.data).resolve())
     work = args.work.resolve() if args.work else Path(tempfile.mkdtemp(prefix="hlb-bench-"))
     (work / "peers").mkdir(parents=True, exist_ok=True)
-    ctx = {"work": work, "source": source, "env": child_env(args.quick), "info": machine_info(source, args.quick)}
+    ctx = {"work": work, "source": source, "env": child_env(args.quick), "info": machine_info(source, args.quick),
+           "sets": args.sets}
     plan = build_plan(args, ctx)
     print(f"== plan: {', '.join(name for name, _ in plan)} on {ctx['info']['gpu']}, {ctx['info']['data']}, "
           f"budget {args.time_budget:.0f} s, work folder {work}", flush=True)
     try:
-        sys.path.insert(0, str(REPO))   # this checkout's hlb_utils, as the children get it
-        from hlb_utils.data import load_cifar10
+        from hlb_utils.data import load_cifar10   # this checkout's (parse_args put it on the path)
 
         # Decoded once here (and cached), so our runs load the cache and the peers get the same pixels.
         data = load_cifar10(source)

@@ -49,10 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     data = data_mod.load_cifar10(args.data)
     print(f"profile {cfg.profile}: {cfg.net} net, widths {cfg.widths}, {cfg.epochs} epochs, "
           f"batch {cfg.batch_size}, data {data.source}")
-    result = run_many(cfg, data, runs=args.runs, warmup_runs=args.warmup_runs, verbose=not args.quiet)
+    def save(runs_so_far):   # after every run: a series stopped early keeps the runs it finished
+        return write_records(runs_so_far, args.out, data_source=data.source,
+                             wall_seconds=time.perf_counter() - wall_start)
+
+    result = run_many(cfg, data, runs=args.runs, warmup_runs=args.warmup_runs, verbose=not args.quiet,
+                      on_run=save if args.out else None)
     if args.out:
-        out = write_records(result, args.out, data_source=data.source,
-                            wall_seconds=time.perf_counter() - wall_start)
-        print(f"run records written to {out}")
+        print(f"run records written to {save(result)}")
     return 1 if any(r.interrupted for r in result.results) else 0
 

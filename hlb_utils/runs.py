@@ -13,6 +13,7 @@ import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import torch
@@ -52,10 +53,12 @@ class RunsResult:
 
 
 def run_many(cfg: TrainConfig, data, runs: int = 5, target: float = 0.94, warmup_runs: int = 0,
-             verbose: bool = True) -> RunsResult:
+             verbose: bool = True, on_run: Callable[[RunsResult], None] | None = None) -> RunsResult:
     """Train `runs` times with seeds cfg.seed, cfg.seed+1, ...; warm-up runs (seeds below) are not kept.
 
-    Only the first counted run shows its live table; later runs print one line each.
+    Only the first counted run shows its live table; later runs print one line each. `on_run` gets
+    the runs so far after each one (the command line writes its records then, so that a long series
+    stopped early keeps the runs it finished).
     """
     if runs < 1:
         raise ValueError(f"runs={runs} must be at least 1")
@@ -69,6 +72,8 @@ def run_many(cfg: TrainConfig, data, runs: int = 5, target: float = 0.94, warmup
     for i in range(runs):
         res = train(cfg.replace(seed=cfg.seed + i), data, verbose=verbose and i == 0)
         results.append(res)
+        if on_run is not None:
+            on_run(RunsResult(cfg, list(results), target, warm))
         if verbose:
             print(f"run {i + 1}/{runs}: accuracy {res.test_accuracy:.4f}  training {res.train_seconds:.2f} s")
         if res.interrupted:

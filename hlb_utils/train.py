@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import resource
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -94,15 +95,24 @@ def _set_lrs(optimizers, cfg: TrainConfig, step: int, total: int, whiten_steps: 
     return mult
 
 
-def _warm_up(step_fn, net: nn.Module, batch) -> float:
-    """Run the compiled step twice (compilation happens here), then restore the weights and stats."""
+def _warm_up(run: "_Run", batch) -> float:
+    """Compile before the clock starts: two training steps and one evaluation-mode call (the two
+    graphs a run needs), then restore the weights and BatchNorm statistics they touched."""
+    net, (x, y) = run.net, batch
     saved = {k: v.clone() for k, v in net.state_dict().items()}
     start = time.perf_counter()
-    for _ in range(2):
-        step_fn(*batch, update=False)
-    if batch[0].device.type == "cuda":
-        torch.cuda.synchronize()
-    net.load_state_dict(saved)
+    try:
+        for _ in range(2):
+            run.step(x, y, update=False)
+        net.eval()
+        ctx = torch.autocast(x.device.type, dtype=run.autocast) if run.autocast else nullcontext()
+        with torch.no_grad(), ctx:
+            run.compiled(x)
+        if x.device.type == "cuda":
+            torch.cuda.synchronize()
+    finally:
+        net.train()
+        net.load_state_dict(saved)
     return time.perf_counter() - start
 
 
@@ -152,12 +162,20 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
         init_whitening(net, train_loader.images[pick[:WHITEN_IMAGES].to(device)])
     init_seconds = time.perf_counter() - init_start
     optimizers = make_optimizers(net, cfg)
-    compiled, compile_note = maybe_compile(net, cfg.compile, device)
+    compiled, compile_note = maybe_compile(net, cfg.compile, device, cfg.compile_mode)
     autocast = dtype if dtype != torch.float32 else None
     run = _Run(cfg, net, compiled, optimizers, train_loader, test_loader, device, autocast, verbose)
     compile_seconds = 0.0
     if compiled is not net:
-        compile_seconds = _warm_up(run.step, net, next(iter(train_loader)))
+        try:
+            compile_seconds = _warm_up(run, next(iter(train_loader)))
+        except Exception as err:  # compilation is lazy: a backend that cannot build the net fails here
+            if isinstance(err, torch.cuda.OutOfMemoryError):
+                raise
+            warnings.warn(f"torch.compile failed on the first step ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''}); training uncompiled")
+            run.compiled = compiled = net
+            compile_note = f"compile failed: {type(err).__name__}; trained uncompiled"
         train_loader.reset()
     if verbose and compile_note != "off":
         print(f"torch.compile: {compile_note}" + (f" ({compile_seconds:.1f} s warm-up, not timed)"

@@ -112,7 +112,7 @@ def test_fake_peer_stops_without_its_data_like_a_real_peer_would_download(tmp_pa
 def _bench(replica, out, budget):
     # The quick profile takes 15-30 s a run on 2 idle cores; the budget is generous because CI's cores are shared.
     cmd = [sys.executable, str(BENCH), "--quick", "--peer", f"airbench94_muon={FAKE_PEER}",
-           "--data", str(replica), "--out", str(out), "--time-budget", str(budget)]
+           "--data", str(replica), "--out", str(out), "--time-budget", str(budget), "--set", "epochs=3"]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=budget + 120)
 
 
@@ -138,5 +138,13 @@ def test_quick_bench_writes_a_well_formed_csv(replica, tmp_path):
         assert 0 <= float(r["std_acc"]) < 0.2
         assert float(r["mean_seconds"]) > 0 and float(r["median_seconds"]) > 0
     assert "script fake_peer.py" in rows[1]["note"]
+    assert "set epochs=3" in rows[0]["note"] and "precision fp32, compile off" in rows[0]["note"]
     assert "mean seconds quick / airbench94_muon" in proc.stdout
     assert proc.stdout.rstrip().splitlines()[-1].startswith("airbench94_muon")   # the table comes last
+
+
+def test_set_must_name_a_config_field(tmp_path, capsys):
+    assert bench.parse_args(["--data", str(tmp_path), "--set", "compile=false"]).sets == ["compile=false"]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--data", str(tmp_path), "--set", "epoch=3"])   # the field is `epochs`
+    assert "TrainConfig field" in capsys.readouterr().err

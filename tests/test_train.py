@@ -79,6 +79,44 @@ class BlowsUp(torch.nn.Module):
         return logits * float("inf") if self.calls >= 3 else logits
 
 
+def test_compile_warm_up_leaves_no_trace(synthetic, monkeypatch):
+    # A stand-in for torch.compile's wrapper (real compilation needs CUDA here): the warm-up steps it
+    # runs before the clock starts must not change the weights, the BN statistics or the data order.
+    calls = {"n": 0}
+
+    class FakeCompiled:   # like torch.compile's OptimizedModule: callable, the net at `_orig_mod`
+        def __init__(self, net):
+            self._orig_mod = net
+
+        def __call__(self, x):
+            calls["n"] += 1
+            return self._orig_mod(x)
+
+    def fake_compile(net, enabled, device, mode):
+        return FakeCompiled(net), f"compiled ({mode})"
+
+    plain = train.train(tiny_cfg(seed=5), synthetic, verbose=False)
+    monkeypatch.setattr(train, "maybe_compile", fake_compile)
+    warm = train.train(tiny_cfg(seed=5, compile=True), synthetic, verbose=False)
+    assert calls["n"] > 3 and warm.compile_note == "compiled (max-autotune)" and warm.compile_seconds > 0
+    cols = ["train_loss", "train_acc", "test_loss", "test_acc"]
+    pd.testing.assert_frame_equal(plain.history[cols], warm.history[cols])
+    assert plain.test_accuracy == warm.test_accuracy
+
+
+def test_compile_failure_falls_back_to_eager(synthetic, monkeypatch):
+    def broken_compile(net, enabled, device, mode):
+        def compiled(x):
+            raise RuntimeError("backend cannot build this graph")
+        return compiled, "compiled (default)"
+
+    monkeypatch.setattr(train, "maybe_compile", broken_compile)
+    with pytest.warns(UserWarning, match="torch.compile failed on the first step"):
+        res = train.train(tiny_cfg(compile=True, epochs=3), synthetic, verbose=False)
+    assert res.compile_note.startswith("compile failed: RuntimeError")
+    assert res.test_accuracy > 0.3 and len(res.history) == 3
+
+
 def test_nan_loss_is_caught_with_the_step(synthetic):
     with pytest.raises(train.TrainingDiverged, match=r"at step 2; try a lower learning rate"):
         train.train(tiny_cfg(optimizer="sgd"), synthetic, model=BlowsUp(), verbose=False)
@@ -139,7 +177,10 @@ def test_statistics_against_known_values():
 
 
 def test_run_many_and_records(synthetic, tmp_path):
-    result = runs.run_many(tiny_cfg(epochs=1), synthetic, runs=2, target=0.5, verbose=False)
+    seen = []   # the runs so far, after each run (the command line saves its records there)
+    result = runs.run_many(tiny_cfg(epochs=1), synthetic, runs=2, target=0.5, verbose=False,
+                           on_run=lambda so_far: seen.append(list(so_far.table["seed"])))
+    assert seen == [[0], [0, 1]]
     assert list(result.table["seed"]) == [0, 1]
     assert result.summary.loc[0, "runs"] == 2
     out = runs.write_records(result, tmp_path / "rec", data_source="synthetic", wall_seconds=1.5)
