@@ -105,8 +105,7 @@ def _warm_up(run: "_Run", batch) -> float:
         for _ in range(2):
             run.step(x, y, update=False)
         net.eval()
-        ctx = torch.autocast(x.device.type, dtype=run.autocast) if run.autocast else nullcontext()
-        with torch.no_grad(), ctx:
+        with torch.no_grad(), run.precision(x):
             run.compiled(x)
         if x.device.type == "cuda":
             torch.cuda.synchronize()
@@ -222,10 +221,13 @@ class _Run:
         self.timer = Timer(device)
         self.table = LiveTable(COLUMNS, enabled=verbose)
 
+    def precision(self, x):
+        """Mixed precision (autocast to bf16/fp16) where the config asks for it, else a no-op."""
+        return torch.autocast(x.device.type, dtype=self.autocast) if self.autocast else nullcontext()
+
     def step(self, x, y, update: bool = True):
         """One optimisation step; returns (summed loss, correct count) as device tensors."""
-        ctx = torch.autocast(x.device.type, dtype=self.autocast) if self.autocast else nullcontext()
-        with ctx:
+        with self.precision(x):
             logits = self.compiled(x)
             loss = smoothed_cross_entropy(logits.float(), y, self.cfg.label_smoothing, reduction="sum")
         loss.backward()
