@@ -18,6 +18,8 @@ from typing import Any
 
 import hlb_utils
 
+from .progress import in_jupyter, jupyter_shell
+
 # The repository, written in one place: the badges, the set-up cell and the docs derive from it.
 REPO = "hlb-notebooks/hlb-notebooks"
 REPO_URL = f"https://github.com/{REPO}"
@@ -81,7 +83,7 @@ def setup(profile: str | None = None) -> dict:
         "data": os.environ.get("HLB_DATA") or "(default: see hu.data.load_cifar10)",
         "cpu_threads": torch.get_num_threads(),
     }
-    shell = _jupyter_shell()
+    shell = jupyter_shell()
     if shell is not None:
         # hlb_utils.plots returns matplotlib Figures without pyplot; this makes Jupyter draw them.
         shell.run_line_magic("matplotlib", "inline")
@@ -89,20 +91,6 @@ def setup(profile: str | None = None) -> dict:
     if info["device"] == "cpu":
         print(GPU_HINT)
     return info
-
-
-def _jupyter_shell():
-    """The running Jupyter kernel's shell, or None (a terminal, a plain script)."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return None
-    shell = get_ipython()
-    return shell if shell is not None and hasattr(shell, "kernel") else None
-
-
-def _in_jupyter() -> bool:
-    return _jupyter_shell() is not None
 
 
 def show_source(obj: Any) -> None:
@@ -115,7 +103,7 @@ def show_source(obj: Any) -> None:
     except (TypeError, OSError) as err:
         raise TypeError(f"show_source needs a function, class or module defined in Python; "
                         f"got {obj!r} ({err})") from None
-    if _in_jupyter():
+    if in_jupyter():
         from IPython.display import Markdown, display
 
         display(Markdown(f"```python\n{source}```"))

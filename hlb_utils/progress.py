@@ -11,14 +11,23 @@ import sys
 import time
 
 
-def in_jupyter() -> bool:
-    """True inside a Jupyter kernel (including headless execution by nbclient)."""
+def jupyter_shell():
+    """The running Jupyter kernel's shell, or None (a terminal, a plain script, IPython in a terminal).
+
+    Asks for a kernel rather than a class name: Colab's shell is its own subclass, and headless
+    execution by nbclient runs a real kernel too.
+    """
     try:
         from IPython import get_ipython
     except ImportError:
-        return False
+        return None
     shell = get_ipython()
-    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+    return shell if shell is not None and hasattr(shell, "kernel") else None
+
+
+def in_jupyter() -> bool:
+    """True inside a Jupyter kernel: Jupyter, Colab, or headless execution by nbclient."""
+    return jupyter_shell() is not None
 
 
 def _fmt(value) -> str:

@@ -162,3 +162,21 @@ def test_notebooks_name_no_absolute_paths():
     for path in PATHS:
         for cell in _read(path).cells:
             assert not re.search(r"(/work/|/root/|/home/|C:\\\\)", cell.source), path.name
+
+
+def test_jupyter_is_recognised_by_its_kernel_not_its_class_name(monkeypatch):
+    # Colab's shell is google.colab._shell.Shell, a subclass with its own name; a terminal IPython has no kernel.
+    import IPython
+
+    from hlb_utils import progress
+
+    class Shell:
+        kernel = object()
+
+    class TerminalInteractiveShell:
+        pass
+
+    monkeypatch.setattr(IPython, "get_ipython", lambda: Shell())
+    assert progress.in_jupyter() and progress.LiveTable(["epoch"]).jupyter
+    monkeypatch.setattr(IPython, "get_ipython", lambda: TerminalInteractiveShell())
+    assert not progress.in_jupyter() and not progress.LiveTable(["epoch"]).jupyter
