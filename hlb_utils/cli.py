@@ -16,6 +16,23 @@ from .config import PROFILE_NAMES, get_profile
 from .runs import run_many, write_records
 
 
+def parse_changes(items: list[str]) -> dict:
+    """`FIELD=VALUE` strings as config changes. Values are read as JSON where they parse (10, 0.5,
+    false, [8, 16] -> a tuple), else kept as text (`compile_mode=default`)."""
+    changes = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE")
+        try:
+            changes[key] = json.loads(value)
+        except json.JSONDecodeError:
+            changes[key] = value
+        if isinstance(changes[key], list):
+            changes[key] = tuple(changes[key])
+    return changes
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m hlb_utils.train --profile NAME [--runs N] [--data SOURCE] [--out DIR]`."""
     wall_start = time.perf_counter()
@@ -31,19 +48,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a config field, e.g. --set epochs=10 (JSON values)")
     parser.add_argument("--quiet", action="store_true", help="no live table")
     args = parser.parse_args(argv)
-    changes = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set {item!r}: expected FIELD=VALUE")
-        try:
-            changes[key] = json.loads(value)
-        except json.JSONDecodeError:
-            changes[key] = value
-        if isinstance(changes[key], list):
-            changes[key] = tuple(changes[key])
     try:
-        cfg = get_profile(args.profile, **changes)
+        cfg = get_profile(args.profile, **parse_changes(args.set))
     except (TypeError, ValueError) as err:
         parser.error(str(err))
     data = data_mod.load_cifar10(args.data)

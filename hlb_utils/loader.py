@@ -15,6 +15,8 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from .device import region
+
 FLIP_MODES = ("alternate", "random", "none")
 STATS_CHUNK = 2000   # images per step of channel_stats (float32: ~25 MB per 2,000 CIFAR images)
 
@@ -209,7 +211,8 @@ class DeviceLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        state, plan = self._state(), self._plan()
+        with region("hlb:augment_plan"):
+            state, plan = self._state(), self._plan()
         self.epoch += 1
         return self._batches(state, *plan)
 
@@ -242,13 +245,14 @@ class DeviceLoader:
         chunk = max(1, len(order)) if self._whole_epoch else self.batch_size
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         for start in range(0, len(order), chunk):
-            idx = order[start:start + chunk]
-            x = crop_at(self._padded, size, dy[idx], dx[idx], index=idx,
-                        flip=None if flips is None else flips[idx])
-            if corners is not None:
-                x = cutout_at(x, self.cutout, corners[0][idx], corners[1][idx])
-            x = x.contiguous(memory_format=memory_format)
-            y = self.labels[idx.to(self.device)]
+            with region("hlb:augment"):
+                idx = order[start:start + chunk]
+                x = crop_at(self._padded, size, dy[idx], dx[idx], index=idx,
+                            flip=None if flips is None else flips[idx])
+                if corners is not None:
+                    x = cutout_at(x, self.cutout, corners[0][idx], corners[1][idx])
+                x = x.contiguous(memory_format=memory_format)
+                y = self.labels[idx.to(self.device)]
             for b in range(0, len(idx), self.batch_size):
                 if self._state() != state:
                     raise RuntimeError("DeviceLoader settings changed (or reset() was called) during an epoch; "

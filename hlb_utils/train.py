@@ -25,7 +25,8 @@ from torch import nn
 
 from . import data as data_mod
 from .config import TrainConfig, get_profile
-from .device import Timer, device_name, dtype_name, maybe_compile, pick_device, pick_dtype, use_channels_last
+from .device import (Timer, device_name, dtype_name, maybe_compile, pick_device, pick_dtype, region,
+                     use_channels_last)
 from .evaluate import evaluate, memory_format_of
 from .loader import DeviceLoader
 from .model import init_whitening, make_net
@@ -102,13 +103,14 @@ def _warm_up(run: "_Run", batch) -> float:
     saved = {k: v.clone() for k, v in net.state_dict().items()}
     start = time.perf_counter()
     try:
-        for _ in range(2):
-            run.step(x, y, update=False)
-        net.eval()
-        with torch.no_grad(), run.precision(x):
-            run.compiled(x)
-        if x.device.type == "cuda":
-            torch.cuda.synchronize()
+        with region("hlb:compile_warmup"):
+            for _ in range(2):
+                run.step(x, y, update=False)
+            net.eval()
+            with torch.no_grad(), run.precision(x):
+                run.compiled(x)
+            if x.device.type == "cuda":
+                torch.cuda.synchronize()
     finally:
         net.train()
         net.load_state_dict(saved)
@@ -158,7 +160,8 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
     if hasattr(net, "whiten"):
         # a seeded random sample: folder sources store the images class by class
         pick = torch.randperm(len(train_loader.images), generator=torch.Generator().manual_seed(cfg.seed))
-        init_whitening(net, train_loader.images[pick[:WHITEN_IMAGES].to(device)])
+        with region("hlb:whiten_init"):
+            init_whitening(net, train_loader.images[pick[:WHITEN_IMAGES].to(device)])
     init_seconds = time.perf_counter() - init_start
     optimizers = make_optimizers(net, cfg)
     compiled, compile_note = maybe_compile(net, cfg.compile, device, cfg.compile_mode)
@@ -186,7 +189,8 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
     tta_start = time.perf_counter()
     acc = math.nan
     if not interrupted or history:
-        acc = evaluate(final_net, test_loader, tta=cfg.tta, autocast_dtype=autocast)["acc"]
+        with region("hlb:tta_evaluate"):
+            acc = evaluate(final_net, test_loader, tta=cfg.tta, autocast_dtype=autocast)["acc"]
         if history:
             history[-1]["tta_acc"] = acc
             run.table.update_last(history[-1])
@@ -227,15 +231,17 @@ class _Run:
 
     def step(self, x, y, update: bool = True):
         """One optimisation step; returns (summed loss, correct count) as device tensors."""
-        with self.precision(x):
-            logits = self.compiled(x)
-            loss = smoothed_cross_entropy(logits.float(), y, self.cfg.label_smoothing, reduction="sum")
-        loss.backward()
-        if update:
+        with region("hlb:forward_backward"):
+            with self.precision(x):
+                logits = self.compiled(x)
+                loss = smoothed_cross_entropy(logits.float(), y, self.cfg.label_smoothing, reduction="sum")
+            loss.backward()
+        with region("hlb:optimizer"):
+            if update:
+                for opt in self.optimizers:
+                    opt.step()
             for opt in self.optimizers:
-                opt.step()
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=True)
+                opt.zero_grad(set_to_none=True)
         return loss.detach(), (logits.detach().argmax(1) == y).sum()
 
     def loop(self) -> tuple[list[dict], bool]:
@@ -262,23 +268,26 @@ class _Run:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen, lr = 0, 0.0
         self.timer.start()
-        for x, y in self.train_loader:
-            if step >= self.total_steps:
-                break
-            lr = _set_lrs(self.optimizers, self.cfg, step, self.total_steps, self.whiten_steps)
-            if step < self.low_res_steps:
-                x = shrink(x, self.cfg.low_res)
-            loss, right = self.step(x, y)
-            self._check_finite(loss, step)
-            loss_sum += loss
-            correct += right
-            seen += len(y)
-            step += 1
-            self._average(step)
-            if self.device.type == "cpu":
-                self.table.status(f"epoch {epoch}: step {step - (epoch - 1) * self.steps_per_epoch}"
-                                  f"/{self.steps_per_epoch}")
-        self.timer.stop()
+        with region("hlb:train_epoch"):   # the timed part, for benchmarks/profile_run.py
+            for x, y in self.train_loader:
+                if step >= self.total_steps:
+                    break
+                lr = _set_lrs(self.optimizers, self.cfg, step, self.total_steps, self.whiten_steps)
+                if step < self.low_res_steps:
+                    with region("hlb:resize"):
+                        x = shrink(x, self.cfg.low_res)
+                loss, right = self.step(x, y)
+                self._check_finite(loss, step)
+                loss_sum += loss
+                correct += right
+                seen += len(y)
+                step += 1
+                with region("hlb:averaging"):
+                    self._average(step)
+                if self.device.type == "cpu":
+                    self.table.status(f"epoch {epoch}: step {step - (epoch - 1) * self.steps_per_epoch}"
+                                      f"/{self.steps_per_epoch}")
+            self.timer.stop()
         if not math.isfinite(loss_sum.item()):
             self._check_finite(loss_sum, step, exact=False)
         return step, dict(loss=loss_sum.item() / max(seen, 1), acc=correct.item() / max(seen, 1), lr=lr)
@@ -308,10 +317,11 @@ class _Run:
                    test_acc=math.nan, ema_acc=math.nan, tta_acc=math.nan,
                    train_seconds=self.timer.total, lr=stats["lr"])
         if last or (every and epoch % every == 0):
-            res = evaluate(self.compiled, self.test_loader, autocast_dtype=self.autocast)
-            row.update(test_loss=res["loss"], test_acc=res["acc"])
-            if self.ema is not None:
-                row["ema_acc"] = evaluate(self.ema.model, self.test_loader, autocast_dtype=self.autocast)["acc"]
+            with region("hlb:evaluate"):
+                res = evaluate(self.compiled, self.test_loader, autocast_dtype=self.autocast)
+                row.update(test_loss=res["loss"], test_acc=res["acc"])
+                if self.ema is not None:
+                    row["ema_acc"] = evaluate(self.ema.model, self.test_loader, autocast_dtype=self.autocast)["acc"]
         return row
 
 

@@ -148,3 +148,41 @@ def test_set_must_name_a_config_field(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.parse_args(["--data", str(tmp_path), "--set", "epoch=3"])   # the field is `epochs`
     assert "TrainConfig field" in capsys.readouterr().err
+
+
+def test_profile_run_sorts_a_real_runs_time_and_never_beats_the_flop_floor(replica, tmp_path):
+    # benchmarks/profile_run.py, the follow-up when `full` misses: the same script a GPU session runs.
+    out = tmp_path / "profile"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "profile_run.py"), "--profile", "quick", "--data", str(replica),
+           "--set", "epochs=1", "--set", "train_subset=1000", "--set", "test_subset=500", "--out", str(out), "--trace"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert {p.name for p in out.iterdir()} == {"summary.csv", "phases.csv", "kernels.csv", "categories.csv",
+                                               "trace.json.gz"}
+    with open(out / "summary.csv", newline="") as f:
+        figures = {row["figure"]: row["value"] for row in csv.DictReader(f)}
+    clean = float(figures["train seconds, clean run (the run's own timer)"])
+    assert clean > 0 and 0.1 < float(figures["test accuracy (profiled run)"]) <= 1.0   # it learned
+    assert float(figures["clean train seconds / FLOP floor"]) > 1.0   # no run multiplies faster than matmul peak
+    with open(out / "phases.csv", newline="") as f:
+        phases = {row["region"]: row for row in csv.DictReader(f)}
+    inside = [name for name in phases if name.startswith("training: ")]
+    assert {"training: forward_backward", "training: optimizer", "training: augment"} <= set(inside)
+    epoch_ms = float(phases["hlb:train_epoch"]["host_ms"])
+    assert float(phases["training: forward_backward"]["host_ms"]) > 0.3 * epoch_ms   # the bulk of a CPU step
+    assert sum(float(phases[name]["host_ms"]) for name in inside) <= epoch_ms * 1.01
+    assert int(phases["training: optimizer"]["calls"]) == 1000 // 250   # one per step, test set not counted
+    with open(out / "categories.csv", newline="") as f:
+        kinds = [row["kind"] for row in csv.DictReader(f)]
+    assert kinds[0] == "convolution"   # a convnet spends most of its time in convolutions
+
+
+def test_kernel_kinds_by_name():
+    spec = importlib.util.spec_from_file_location("profile_run", REPO / "benchmarks" / "profile_run.py")
+    prof = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prof)
+    assert prof.kind_of("sm90_xmma_fprop_implicit_gemm_bf16") == "convolution"
+    assert prof.kind_of("triton_tem_fused_mm_3") == "matmul"
+    assert prof.kind_of("triton_poi_fused_gelu_7") == "fused by torch.compile"
+    assert prof.kind_of("aten::gelu_backward") == "activation"
+    assert prof.kind_of("something_new") == "other"
