@@ -103,15 +103,23 @@ def slugify(name: str) -> str:
 
 def write_peer_cache(data, folder: Path) -> None:
     """Both peers load `cifar10/{train,test}.pt` before they download: a dict of `images` (uint8, NHWC
-    (N, 32, 32, 3), like torchvision's `dataset.data`), `labels` (int64 (N,)) and `classes` (list of str)."""
+    (N, 32, 32, 3), like torchvision's `dataset.data`), `labels` (int64 (N,)) and `classes` (list of str).
+
+    The images go in a fixed shuffled order, as torchvision's files hold them: the peers fit their
+    whitening to their first few thousand training images, and the replica (or a folder source) is
+    stored class by class, which would hand them airplanes only.
+    """
     import torch
+
+    from hlb_utils.data import shuffled_indices
 
     folder.mkdir(parents=True, exist_ok=True)
     for split in ("train", "test"):
         images, labels = getattr(data, f"{split}_images"), getattr(data, f"{split}_labels")
         if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (3, 32, 32):
             raise ValueError(f"{split}_images must be uint8 (N, 3, 32, 32), got {images.dtype} {tuple(images.shape)}")
-        torch.save({"images": images.permute(0, 2, 3, 1).contiguous(), "labels": labels.to(torch.int64),
+        order = shuffled_indices(len(labels))
+        torch.save({"images": images[order].permute(0, 2, 3, 1).contiguous(), "labels": labels[order].to(torch.int64),
                     "classes": list(data.classes)}, folder / f"{split}.pt")
 
 

@@ -1,18 +1,18 @@
 """One epoch of augmented CIFAR-10 batches: DeviceLoader against torchvision's DataLoader.
 
 Why: notebook 01 claims that keeping the dataset in device memory and augmenting whole batches with a
-few tensor operations beats the usual per-image PIL pipeline by far. This measures it, on this machine:
+few tensor operations beats the usual per-image pipeline by far. This measures it, on this machine:
 
     python benchmarks/loader_bench.py --data ../shared/data/cifar10-jpeg.tar.gz --batch-size 500
 
 What is compared, fairly: both start from the same decoded uint8 tensors (decoding and the cache are
 outside both timers), both yield shuffled, normalised float32 batches of the same size with the same
-augmentation (2-pixel reflect-padded random crop, random horizontal flip), and both batches are just
-consumed. torchvision: a Dataset turning each uint8 image into a PIL image, then RandomCrop(32,
-padding=2, padding_mode='reflect'), RandomHorizontalFlip, ToTensor, Normalize, in a DataLoader with
-`--workers` processes (default 2: one per core of our 2-core machine); its worker start-up is inside the
-epoch, as it is in a training loop without persistent workers. DeviceLoader: one-time set-up (normalise
-and pad) is reported apart; the epoch time is the median of `--epochs` epochs.
+augmentation (random crop of the 4-pixel-padded image, random horizontal flip), and both batches are
+just consumed. The conventional side is the one the notebooks use, `hlb_utils.baseline.make_loader`
+(torchvision v2 transforms one image at a time, in a DataLoader with `--workers` processes, default 2:
+one per core of our 2-core machine); its worker start-up is inside the epoch, as it is in a training
+loop without persistent workers. DeviceLoader: one-time set-up (normalise and pad) is reported apart;
+the epoch time is the median of `--epochs` epochs.
 
 On a busy machine (load average above the core count) torch's OpenMP threads spin-wait for each other
 and the DeviceLoader slows down ten-fold; run with OMP_WAIT_POLICY=PASSIVE (or --threads 1) there.
@@ -27,37 +27,16 @@ from pathlib import Path
 
 import torch
 
-from hlb_utils import data, loader
+from hlb_utils import baseline, data, loader
+from hlb_utils import device as device_mod
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
-class PilDataset(torch.utils.data.Dataset):
-    """uint8 (N, 3, 32, 32) tensors served one PIL image at a time, as torchvision pipelines expect."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
-        self.pixels = images.permute(0, 2, 3, 1).contiguous().numpy()
-        self.labels = labels.tolist()
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        from PIL import Image
-
-        return self.transform(Image.fromarray(self.pixels[i])), self.labels[i]
-
-
-def time_torchvision(cifar: data.Cifar10, batch_size: int, workers: int, mean, std) -> float:
-    import torchvision.transforms as T
-
-    transform = T.Compose([T.RandomCrop(32, padding=2, padding_mode="reflect"), T.RandomHorizontalFlip(),
-                           T.ToTensor(), T.Normalize(mean.tolist(), std.tolist())])
-    batches = torch.utils.data.DataLoader(PilDataset(cifar.train_images, cifar.train_labels, transform),
-                                          batch_size=batch_size, shuffle=True, drop_last=True,
-                                          num_workers=workers)
+def time_torchvision(cifar: data.Cifar10, batch_size: int, workers: int) -> float:
+    batches = baseline.make_loader(cifar.train_images, cifar.train_labels, batch_size, train=True,
+                                   num_workers=workers)
     start = time.perf_counter()
     for inputs, labels in batches:
         pass
@@ -68,15 +47,14 @@ def time_device_loader(cifar: data.Cifar10, batch_size: int, epochs: int, device
     """(set-up seconds, median epoch seconds)."""
     start = time.perf_counter()
     batches = loader.DeviceLoader(cifar.train_images, cifar.train_labels, batch_size, device=device,
-                                  flip="random", translate=2)
+                                  flip="random", translate=4)
     setup = time.perf_counter() - start
     times = []
     for _ in range(epochs):
         start = time.perf_counter()
         for inputs, labels in batches:
             pass
-        if inputs.is_cuda:
-            torch.cuda.synchronize()
+        device_mod.synchronize(inputs.device)
         times.append(time.perf_counter() - start)
     return setup, statistics.median(times)
 
@@ -96,14 +74,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     cifar = data.load_cifar10(args.data)
-    mean, std = loader.channel_stats(cifar.train_images)
     # other processes on a small machine slow both loaders (torch's threads most): show the load
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}; {len(cifar.train_labels):,} images, "
-          f"batch {args.batch_size}, translate 2 + random flip")
+          f"batch {args.batch_size}, translate 4 + random flip")
     setup, ours = time_device_loader(cifar, args.batch_size, args.epochs, args.device)
     print(f"DeviceLoader ({args.device}): {ours:.3f} s per epoch (median of {args.epochs}); set-up {setup:.2f} s")
-    theirs = time_torchvision(cifar, args.batch_size, args.workers, mean, std)
+    theirs = time_torchvision(cifar, args.batch_size, args.workers)
     print(f"torchvision DataLoader ({args.workers} workers): {theirs:.2f} s per epoch")
     print(f"DeviceLoader is {theirs / ours:.0f}x faster")
 

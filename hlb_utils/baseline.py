@@ -18,6 +18,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from .data import shuffled_indices
+
 # Per-channel mean and std of CIFAR-10's training images (0..1 scale), as tutorials hard-code them.
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
@@ -59,12 +61,6 @@ def make_baseline_net(widths: tuple = (32, 64, 128), classes: int = 10) -> nn.Se
     return nn.Sequential(*layers)
 
 
-def _subset(n: int | None, total: int, seed: int) -> torch.Tensor:
-    # A seeded shuffle, so a subset holds every class (the replica is stored class by class).
-    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
-    return order if n is None else order[:n]
-
-
 @torch.no_grad()
 def _evaluate(net: nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, float]:
     """Mean cross entropy and accuracy over the whole test set."""
@@ -90,8 +86,8 @@ def train_baseline(data, epochs: int = 10, batch_size: int = 128, lr: float = 0.
         raise ValueError(f"need epochs >= 1, batch_size >= 1 and lr > 0; got {epochs}, {batch_size}, {lr}")
     device = torch.device(device)
     torch.manual_seed(seed)
-    tr = _subset(subset, len(data.train_labels), seed)
-    te = _subset(test_subset, len(data.test_labels), seed)
+    tr = shuffled_indices(len(data.train_labels), subset, seed)
+    te = shuffled_indices(len(data.test_labels), test_subset, seed)
     train_loader = make_loader(data.train_images[tr], data.train_labels[tr], batch_size, True, num_workers, seed)
     test_loader = make_loader(data.test_images[te], data.test_labels[te], 500, False, 0)
     net = make_baseline_net(widths).to(device)

@@ -44,7 +44,7 @@ class TrainConfig:
     sgd_momentum: float = 0.85        # Nesterov momentum of the SGD groups, 0..1
     bias_lr: float = 0.053            # SGD lr of norm biases and the whitening bias
     head_lr: float = 0.67             # SGD lr of the classifier head
-    weight_decay: float = 2e-6        # per example: multiplied by batch_size (decoupled), >= 0
+    weight_decay: float = 2e-6        # per example: multiplied by batch_size (L2 term, as in airbench), >= 0
     ns_steps: int = 3                 # Newton-Schulz iterations in Muon, 1..10
     label_smoothing: float = 0.2      # 0..1
     # --- schedule ---

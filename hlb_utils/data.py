@@ -268,7 +268,7 @@ def _decode_source(path: Path, verbose: bool) -> Cifar10:
 
 
 def _class_list(found: dict, path: Path) -> list:
-    """Sorted folder names, or CIFAR-10's order when the names are CIFAR-10's."""
+    """The class folder names, sorted (the same in both splits)."""
     names = [sorted({c for c, _ in found[split]}) for split in SPLITS]
     if not names[0] or not names[1]:
         raise DataError(f"{path}: no images found under train/<class>/ and test/<class>/ (looked for "
@@ -276,7 +276,18 @@ def _class_list(found: dict, path: Path) -> list:
     if names[0] != names[1]:
         raise DataError(f"{path}: train and test have different class folders: "
                         f"train {names[0]}, test {names[1]}. Make both splits have the same classes.")
-    return list(CIFAR10_CLASSES) if set(names[0]) == set(CIFAR10_CLASSES) else names[0]
+    # CIFAR-10's own class order is alphabetical, so its folders get the usual labels 0..9.
+    return names[0]
+
+
+def shuffled_indices(total: int, n: int | None = None, seed: int = 0) -> torch.Tensor:
+    """The first n (default all) of a seeded shuffle of range(total).
+
+    The replica and image folders store the images class by class, so `images[:n]` would be one or
+    two classes; `images[shuffled_indices(len(images), n)]` holds every class, the same ones each time.
+    """
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+    return order if n is None else order[:n]
 
 
 # ---- synthetic data for tests ----------------------------------------------------------------

@@ -1,9 +1,9 @@
 """The networks, built from small blocks that a notebook can show one at a time.
 
-Notebook 02 (baseline) introduces `conv3x3`, `BatchNorm` and the max-pool head; notebook 03 (SE-ResNet)
+Notebook 03 (SE-ResNet) shows the blocks (`conv3x3`, `BatchNorm`, `SqueezeExcite`, `ConvGroup`),
 builds `make_seed_net`, the SE-ResNet of hlb-CIFAR10, and teaches patch whitening (`Whitening`,
-`init_whitening`) and `SqueezeExcite`; notebook 05 (speed tricks) slims it into `make_record_net`, the
-airbench94_muon network (no residuals, no SE, identity init) and counts its cost with `count_params`
+`init_whitening`); notebook 05 (speed tricks) slims it into `make_record_net`, the airbench94_muon
+network (no residuals, no SE, identity init). Notebooks 02, 03 and 05 count costs with `count_params`
 and `count_flops`.
 
 Every net exposes `net.whiten` (the frozen whitening conv, with a trainable bias) and `net.head`

@@ -1,9 +1,9 @@
 """Optimisation: parameter groups, the Muon optimiser, lr schedules, EMA, Lookahead, the loss.
 
-Notebook 02 (baseline) teaches `smoothed_cross_entropy` and plain Nesterov SGD; notebook 03
-(SE-ResNet) adds `split_params` (a separate, larger lr for biases), the one-cycle schedule and `EMA`;
-notebook 04 (the recipe) adds `Lookahead` and `Muon` (`newton_schulz` shown step by step);
-notebook 06 (the record run) uses `make_optimizers` exactly as `train.train` does.
+Notebook 04 (the recipe) teaches `smoothed_cross_entropy`, `split_params` (a separate, larger lr for
+biases), the schedules of `lr_multiplier` and `EMA`; notebook 05 (speed tricks) teaches `Muon`
+(`newton_schulz` shown step by step). `make_optimizers` puts them together for `train.train`.
+`Lookahead` (airbench94's weight averaging) is a knob, `TrainConfig.lookahead`, off in every profile.
 """
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from collections import defaultdict
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .device import pick_dtype
 
 # Quintic Newton-Schulz coefficients of airbench94_muon / Keller Jordan's Muon: picked to lift small
 # singular values fast, at the price of leaving them spread around 1 instead of exactly 1.
@@ -54,24 +56,18 @@ def split_params(net: nn.Module) -> dict[str, list[nn.Parameter]]:
     return parts
 
 
-def default_ns_dtype(device: torch.device | str) -> torch.dtype:
-    """bf16 on CUDA where supported, fp16 on older CUDA GPUs (T4, V100), fp32 elsewhere."""
-    if torch.device(device).type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
 def newton_schulz(G: torch.Tensor, steps: int = 3, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Approximately orthogonalise matrices: push every singular value of G towards 1 (notebook 04).
+    """Approximately orthogonalise matrices: push every singular value of G towards 1 (notebook 05).
 
     G is (..., m, n); a batch of same-shaped matrices runs at once. Each is first divided by its
     Frobenius norm (+1e-7) so all singular values are <= 1, then each step maps X to
     a X + (b XX^T + c (XX^T)^2) X, which acts on each singular value s as a s + b s^3 + c s^5.
     With 3 steps the singular values land roughly in 0.5..1.5, which trains as well as exactly 1.
-    Runs in `dtype` (default: `default_ns_dtype` of G's device) and returns that dtype.
+    Runs in `dtype` (default: the device's compute precision, `device.pick_dtype`: bf16 on recent
+    GPUs, fp16 on T4/V100, fp32 elsewhere) and returns that dtype.
     """
     a, b, c = NS_COEFFS
-    X = G.to(dtype or default_ns_dtype(G.device))
+    X = G.to(dtype or pick_dtype(G.device))
     tall = X.shape[-2] > X.shape[-1]
     if tall:
         # Iterate on the wide orientation: X X^T is then the smaller Gram matrix.
@@ -84,7 +80,7 @@ def newton_schulz(G: torch.Tensor, steps: int = 3, dtype: torch.dtype | None = N
 
 
 class Muon(torch.optim.Optimizer):
-    """Momentum, then an orthogonalised update per conv filter bank (airbench94_muon, notebook 04).
+    """Momentum, then an orthogonalised update per conv filter bank (airbench94_muon, notebook 05).
 
     Each 4-D weight's update is reshaped to (out, in*k*k) and orthogonalised by `newton_schulz`;
     weights of the same shape are stacked and orthogonalised in one batched call. As in
@@ -92,7 +88,7 @@ class Muon(torch.optim.Optimizer):
     orthogonalised update has about that norm too (its singular values are ~1 and there are
     min(out, in*k*k) = out of them for our convs), so `lr` is the relative step size whatever the
     shape. The rescaling makes weight decay pointless, so Muon has none.
-    `dtype=None` picks `default_ns_dtype` of each weight's device.
+    `dtype=None` picks `device.pick_dtype` of each weight's device.
     """
 
     def __init__(self, params, lr: float = 0.24, momentum: float = 0.6, nesterov: bool = True,
@@ -136,7 +132,7 @@ def _piecewise_linear(t: float, points: list[tuple[float, float]]) -> float:
 
 
 def lr_multiplier(cfg, step: int, total_steps: int) -> float:
-    """Factor on every group's `initial_lr` at `step` (0-based) of `total_steps` (notebooks 03, 04).
+    """Factor on every group's `initial_lr` at `step` (0-based) of `total_steps` (notebook 04).
 
     'linear': 0 -> 1 over the first `cfg.warmup` of the steps, then linearly to `cfg.end_lr` at the
     end (airbench94_muon: no warm-up, 1 -> 0). 'onecycle': `cfg.start_lr` -> 1 at `cfg.peak`, then
@@ -160,7 +156,7 @@ def schedule_curve(cfg, total_steps: int) -> list[float]:
 
 
 class EMA:
-    """Exponential moving average of a net's weights (hlb, notebook 03).
+    """Exponential moving average of a net's weights (hlb, notebook 04).
 
     `ema.model` is a deep copy (eval mode, no grads) kept in sync by `update(net)`: each float
     parameter and float buffer moves to decay * ema + (1 - decay) * net. The BatchNorm running
@@ -193,11 +189,11 @@ class EMA:
 
 
 class Lookahead:
-    """Slow weights pulled towards the fast ones every `k` steps (airbench94, notebook 04).
+    """Slow weights pulled towards the fast ones every `k` steps (airbench94; `TrainConfig.lookahead`).
 
     At every k-th step s: slow <- slow + (1 - d) (fast - slow), then fast <- slow, with
     d = alpha * (s / total_steps)^3: free movement early, strong averaging late (airbench94:
-    alpha = 0.95^5, k = 5). Applies to all float parameters and buffers. Call `finish(net)` after the
+    alpha = 0.95^5, k = 5). Applies to all float parameters and buffers. Call `finish()` after the
     last step to leave the net at the slow weights, as airbench94 does.
     """
 
@@ -232,7 +228,7 @@ class Lookahead:
 
 def smoothed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothing: float = 0.2,
                            reduction: str = "sum") -> torch.Tensor:
-    """Cross-entropy against (1 - smoothing) one-hot + smoothing / classes, in fp32 (notebook 02).
+    """Cross-entropy against (1 - smoothing) one-hot + smoothing / classes, in fp32 (notebook 04).
 
     Summed over the batch by default, as in hlb and airbench: the lrs are per step of summed loss.
     """
@@ -246,14 +242,14 @@ def _group(name: str, params: list, lr: float, wd: float) -> dict:
 
 
 def make_optimizers(net: nn.Module, cfg) -> list[torch.optim.Optimizer]:
-    """The optimisers `cfg` asks for, each group tagged with `name` and `initial_lr` (notebook 06).
+    """The optimisers `cfg` asks for, each group tagged with `name` and `initial_lr` (used by `train.train`).
 
     'muon': Muon on the filters; Nesterov SGD on 'whiten_bias', 'norm_biases' and 'other' (bias_lr)
     and 'head' (head_lr). 'sgd': one Nesterov SGD; filters and other at lr. Weight decay is
     `cfg.weight_decay * cfg.batch_size` per step at full lr, scaled by the schedule (see `_group`);
     as in airbench it is PyTorch's coupled L2 term, so it also flows through momentum.
     The trainer sets group['lr'] = group['initial_lr'] * lr_multiplier(...) each step, and sets
-    the 'whiten_bias' group's lr to 0 after cfg.whiten_bias_epochs.
+    the 'whiten_bias' group's lr on its own clock: linearly down to 0 over cfg.whiten_bias_epochs.
     """
     parts, wd = split_params(net), cfg.weight_decay * cfg.batch_size
     sgd_groups = [_group("whiten_bias", parts["whiten_bias"], cfg.bias_lr, wd),

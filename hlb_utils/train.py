@@ -26,7 +26,7 @@ from torch import nn
 from . import data as data_mod
 from .config import TrainConfig, get_profile
 from .device import (Timer, device_name, dtype_name, maybe_compile, pick_device, pick_dtype, region,
-                     use_channels_last)
+                     synchronize, use_channels_last)
 from .evaluate import evaluate, memory_format_of
 from .loader import DeviceLoader
 from .model import init_whitening, make_net
@@ -65,7 +65,7 @@ def _subset(images, labels, n, seed=0):
     """The first n of a fixed shuffle, so a subset holds every class (the replica is class-ordered)."""
     if n is None or n >= len(labels):
         return images, labels
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:n]
+    order = data_mod.shuffled_indices(len(labels), n, seed)
     return images[order], labels[order]
 
 
@@ -109,8 +109,7 @@ def _warm_up(run: "_Run", batch) -> float:
             net.eval()
             with torch.no_grad(), run.precision(x):
                 run.compiled(x)
-            if x.device.type == "cuda":
-                torch.cuda.synchronize()
+            synchronize(x.device)
     finally:
         net.train()
         net.load_state_dict(saved)
@@ -159,9 +158,9 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
     init_start = time.perf_counter()
     if hasattr(net, "whiten"):
         # a seeded random sample: folder sources store the images class by class
-        pick = torch.randperm(len(train_loader.images), generator=torch.Generator().manual_seed(cfg.seed))
+        pick = data_mod.shuffled_indices(len(train_loader.images), WHITEN_IMAGES, cfg.seed)
         with region("hlb:whiten_init"):
-            init_whitening(net, train_loader.images[pick[:WHITEN_IMAGES].to(device)])
+            init_whitening(net, train_loader.images[pick.to(device)])
     init_seconds = time.perf_counter() - init_start
     optimizers = make_optimizers(net, cfg)
     compiled, compile_note = maybe_compile(net, cfg.compile, device, cfg.compile_mode)

@@ -186,3 +186,22 @@ def test_kernel_kinds_by_name():
     assert prof.kind_of("triton_poi_fused_gelu_7") == "fused by torch.compile"
     assert prof.kind_of("aten::gelu_backward") == "activation"
     assert prof.kind_of("something_new") == "other"
+
+
+def test_peer_cache_is_shuffled_with_each_image_kept_with_its_label(tmp_path):
+    # Peers fit their whitening to their first 960-5,000 training images: a class-ordered cache would
+    # hand them one class.
+    import torch
+
+    from hlb_utils import data
+
+    synthetic = data.synthetic_dataset(n_train=600, n_test=100, seed=0)
+    order = synthetic.train_labels.argsort(stable=True)   # class by class, like the replica
+    sorted_set = synthetic._replace(train_images=synthetic.train_images[order], train_labels=synthetic.train_labels[order])
+    bench.write_peer_cache(sorted_set, tmp_path / "cifar10")
+    train = torch.load(tmp_path / "cifar10" / "train.pt", weights_only=True)
+    assert train["images"].shape == (600, 32, 32, 3) and train["images"].dtype == torch.uint8
+    assert train["labels"][:60].unique().numel() == 10
+    label_of = {image.numpy().tobytes(): int(y) for image, y in zip(sorted_set.train_images, sorted_set.train_labels)}
+    cached = train["images"].permute(0, 3, 1, 2)
+    assert [label_of[image.contiguous().numpy().tobytes()] for image in cached] == train["labels"].tolist()

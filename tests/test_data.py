@@ -210,3 +210,14 @@ def test_real_replica_counts_and_pixel_statistics(cifar):
     mean, std = channel_stats(cifar.train_images)
     assert torch.allclose(mean, torch.tensor([0.4913, 0.4821, 0.4465]), atol=0.005)
     assert torch.allclose(std, torch.tensor([0.2452, 0.2428, 0.2606]), atol=0.005)
+
+
+def test_shuffled_indices_give_every_class_of_the_class_ordered_replica(cifar):
+    first = cifar.train_labels[:960]
+    assert first.unique().numel() == 1   # why the helper exists: the replica is stored class by class
+    pick = data.shuffled_indices(len(cifar.train_labels), 960, seed=3)
+    assert cifar.train_labels[pick].bincount(minlength=10).min() > 50
+    assert torch.equal(pick, data.shuffled_indices(len(cifar.train_labels), 960, seed=3))   # the same each time
+    assert not torch.equal(pick, data.shuffled_indices(len(cifar.train_labels), 960, seed=4))
+    everything = data.shuffled_indices(len(cifar.train_labels))
+    assert torch.equal(everything.sort().values, torch.arange(len(cifar.train_labels)))   # a permutation
