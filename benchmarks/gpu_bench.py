@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import importlib.util
 import json
 import os
 import re
@@ -314,6 +315,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--peer {spec!r}: write NAME=PATH with a script that exists (fetch it; never commit it)")
     if len(dict(peers)) < len(peers):
         p.error("--peer: give each NAME once")
+    if peers and importlib.util.find_spec("torchvision") is None:
+        p.error("--peer: both peer scripts import torchvision, which is not installed here")
     args.peer = [(name, Path(path).resolve()) for name, path in peers]
     args.only = {name.strip() for name in args.only.split(",") if name.strip()}
     sys.path.insert(0, str(REPO))   # this checkout's hlb_utils, as the children get it

@@ -86,7 +86,7 @@ def maybe_compile(model: nn.Module, enabled: bool, device: torch.device,
     if mode.startswith("max-autotune") and props.multi_processor_count < 68:
         mode = "default"
     try:
-        return torch.compile(model, mode=mode), f"compiled ({mode})"
+        return compile_model(model, mode), f"compiled ({mode})"
     except Exception as err:  # pragma: no cover - depends on the platform
         warnings.warn(f"torch.compile failed, training uncompiled: {err}")
         return model, f"compile failed: {type(err).__name__}"
@@ -99,6 +99,13 @@ def region(name: str) -> ContextManager:
     (measured on the CPU), so the timed training loop can carry a few per step.
     """
     return torch.profiler.record_function(name) if torch.autograd._profiler_enabled() else nullcontext()
+
+
+def compile_model(model: nn.Module, mode: str = "default") -> Callable:
+    """torch.compile as the trainer uses it, with static shapes: each image size (full, and the small
+    one of progressive resizing) gets its own graph, compiled in the warm-up, instead of one slower
+    graph for every size that torch would otherwise switch to when it sees a second size."""
+    return torch.compile(model, mode=mode, dynamic=False)
 
 
 def synchronize(device: torch.device) -> None:

@@ -28,17 +28,17 @@ def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     and the chunks are added up in float64: 50,000 images need little memory and keep full precision.
     """
     _check_uint8(images, "images")
-    total = torch.zeros(images.shape[1], dtype=torch.float64, device=images.device)
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
     total_sq = torch.zeros_like(total)
-    for part in images.split(STATS_CHUNK):
+    for part in images.split(STATS_CHUNK):   # summed where the images are (fast on a GPU), added up on the CPU
         x = part.to(torch.float32)
-        total += x.sum(dim=(0, 2, 3)).double()
-        total_sq += x.square().sum(dim=(0, 2, 3)).double()
+        total += x.sum(dim=(0, 2, 3)).cpu().double()
+        total_sq += x.square().sum(dim=(0, 2, 3)).cpu().double()
     count = images.numel() // images.shape[1]
     mean = total / count
     std = (total_sq / count - mean.square()).clamp_min(0).sqrt()
     # pixel values are 0..255; report in 0..1 units
-    return (mean / 255).float().cpu(), (std / 255).float().cpu()
+    return (mean / 255).float(), (std / 255).float()
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor,
@@ -169,17 +169,18 @@ class DeviceLoader:
                  translate: int = 0, cutout: int = 0, seed: int = 0, drop_last: bool | None = None):
         _check_uint8(images, "images")
         _check_options(images, labels, batch_size, flip, translate, cutout)
+        self.device, self.dtype, self.channels_last = torch.device(device), dtype, channels_last
+        images = images.to(self.device)
         if mean is None or std is None:
-            mean, std = channel_stats(images)
+            mean, std = channel_stats(images)   # on the device: fast on a GPU
         self.mean = torch.as_tensor(mean, dtype=torch.float32).cpu()
         self.std = torch.as_tensor(std, dtype=torch.float32).cpu()
-        self.device, self.dtype, self.channels_last = torch.device(device), dtype, channels_last
         self.train, self.batch_size, self.seed = train, batch_size, seed
         self.flip, self.cutout = flip, cutout
         self.drop_last = train if drop_last is None else drop_last
         # only the padded copy is stored: `images` is a view of its centre
         self._pad = translate if train else 0
-        normalised = normalize(images.to(self.device), self.mean, self.std, dtype)
+        normalised = normalize(images, self.mean, self.std, dtype)
         self._padded = pad_reflect(normalised, self._pad)
         del normalised
         self.labels = labels.to(self.device, torch.int64)

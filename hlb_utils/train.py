@@ -97,15 +97,18 @@ def _set_lrs(optimizers, cfg: TrainConfig, step: int, total: int, whiten_steps: 
 
 
 def _warm_up(run: "_Run", batch) -> float:
-    """Compile before the clock starts: two training steps and one evaluation-mode call (the two
-    graphs a run needs), then restore the weights and BatchNorm statistics they touched."""
+    """Compile before the clock starts: two training steps at each image size the run will see and one
+    evaluation-mode call (the graphs a run needs), then restore the weights and BatchNorm statistics
+    they touched."""
     net, (x, y) = run.net, batch
+    sizes = [x] + ([shrink(x, run.cfg.low_res)] if run.low_res_steps else [])
     saved = {k: v.clone() for k, v in net.state_dict().items()}
     start = time.perf_counter()
     try:
         with region("hlb:compile_warmup"):
-            for _ in range(2):
-                run.step(x, y, update=False)
+            for images in sizes:
+                for _ in range(2):
+                    run.step(images, y, update=False)
             net.eval()
             with torch.no_grad(), run.precision(x):
                 run.compiled(x)
@@ -150,6 +153,8 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
     torch.manual_seed(cfg.seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        # Shapes stay fixed, so cuDNN may time its algorithms once and keep the fastest (as the anchors do).
+        torch.backends.cudnn.benchmark = True
 
     train_loader, test_loader = make_loaders(cfg, data, device, dtype, channels_last)
     net = (model if model is not None else make_net(cfg)).to(device)

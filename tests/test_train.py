@@ -11,6 +11,7 @@ import torch
 
 from hlb_utils import config, evaluate, runs, stats, train
 from hlb_utils.config import TrainConfig, get_profile
+from hlb_utils.device import compile_model
 
 # A tiny config for the synthetic data: seconds, not minutes.
 TINY = dict(widths=(8, 16, 16), batch_size=100, epochs=2, tta="flip", eval_every=1, whiten_bias_epochs=1.0)
@@ -108,18 +109,31 @@ def test_compile_warm_up_leaves_no_trace(synthetic, monkeypatch):
 @pytest.mark.skipif(not shutil.which("g++"), reason="torch.compile's CPU backend needs a C++ compiler")
 def test_real_compile_matches_eager_and_is_reused(synthetic, monkeypatch):
     # The library compiles on CUDA only; here torch.compile's CPU backend stands in, which traces the
-    # same graphs (training step, evaluation, TTA). Measured on 2 cores: 90 s with a cold compile
-    # cache, 15 s warm; the second run's compile takes 0.1 s (a new net reusing the compiled code).
+    # same graphs (training step at both image sizes, evaluation, TTA). Measured on 2 cores: about
+    # 2 min with a cold compile cache, 20 s warm; a second run's compile takes 0.1 s (a new net
+    # reusing the compiled code).
     from torch._dynamo.utils import counters
 
     monkeypatch.setattr(train, "maybe_compile",
-                        lambda net, enabled, device, mode: (torch.compile(net), "compiled (cpu backend)"))
-    cfg = tiny_cfg(tta="multi", compile=True)
+                        lambda net, enabled, device, mode: (compile_model(net), "compiled (cpu backend)"))
+    compiled_while_timed = []
+    timed_epoch = train._Run._epoch
+
+    def watched_epoch(self, epoch, step):
+        before = counters["stats"]["unique_graphs"]
+        result = timed_epoch(self, epoch, step)
+        compiled_while_timed.append(counters["stats"]["unique_graphs"] - before)
+        return result
+
+    monkeypatch.setattr(train._Run, "_epoch", watched_epoch)
+    # progressive resizing: the first epoch at 16 px, so the run needs two training graphs
+    cfg = tiny_cfg(tta="multi", compile=True, low_res=16, low_res_epochs=1)
     first = train.train(cfg.replace(seed=0), synthetic, verbose=False)
     graphs = counters["stats"]["unique_graphs"]
     second = train.train(cfg.replace(seed=1), synthetic, verbose=False)
     assert counters["stats"]["unique_graphs"] == graphs > 0   # the second net compiled nothing new
     assert not counters["graph_break"]                         # the whole net is one graph
+    assert len(compiled_while_timed) >= 4 and not any(compiled_while_timed)   # all compiling in the warm-up
     eager = train.train(cfg.replace(seed=1, compile=False), synthetic, verbose=False)
     assert first.compile_note == second.compile_note == "compiled (cpu backend)"
     assert abs(second.test_accuracy - eager.test_accuracy) <= 0.02
