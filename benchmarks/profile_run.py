@@ -10,7 +10,7 @@ It trains once uncounted (compilation, autotuning), once more for a clean time, 
 torch.profiler, and prints (and writes as CSV under --out):
 
 - summary.csv: the run's own timer (clean and profiled), how much of the timed training the device was
-  busy, the training FLOPs (`benchmarks/flops.py`), this machine's measured dense-matmul rate in the
+  busy, the training FLOPs (`hlb_utils.model.run_flops`), this machine's measured dense-matmul rate in the
   run's precision, and the FLOP floor = FLOPs / that rate: the time a perfect implementation would need.
 - phases.csv: host and device milliseconds of each named region of the training code
   (`hlb_utils.device.region`: hlb:augment, hlb:forward_backward, hlb:optimizer, ...). Backward kernels
@@ -37,13 +37,12 @@ from torch.profiler import ProfilerActivity, profile
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-from flops import run_flops  # noqa: E402  (benchmarks/flops.py)
 from hlb_utils.cli import parse_changes  # noqa: E402
 from hlb_utils.config import get_profile  # noqa: E402
 from hlb_utils.data import load_cifar10  # noqa: E402
-from hlb_utils.device import DTYPES, pick_device, pick_dtype, synchronize  # noqa: E402
+from hlb_utils.device import DTYPES, pick_device, synchronize  # noqa: E402
+from hlb_utils.model import run_flops  # noqa: E402
 from hlb_utils.train import train  # noqa: E402
 
 EPOCH = "hlb:train_epoch"   # the region that holds exactly what the run's timer times

@@ -59,7 +59,7 @@ def evaluate(net: nn.Module | callable, loader, tta: str = "none", autocast_dtyp
              ) -> dict:
     """Mean loss and accuracy over every example of `loader` (a test DeviceLoader), in eval mode.
 
-    Runs batch by batch, so the test set never has to fit on the device at once (6 GB GPUs). The
+    Runs batch by batch, so only one batch's activations are in memory at a time (6 GB GPUs). The
     model is put back in the mode it was in.
     """
     module = getattr(net, "_orig_mod", net)

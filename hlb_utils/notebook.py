@@ -124,10 +124,9 @@ def results_table(entries: dict) -> "pd.DataFrame":
         if isinstance(entry, dict):
             row = dict(entry)
         elif hasattr(entry, "results"):  # RunsResult
-            runs = entry.results
-            row = dict(accuracy=sum(r.test_accuracy for r in runs) / len(runs),
-                       seconds=sum(r.train_seconds for r in runs) / len(runs),
-                       device=runs[0].device, runs=len(runs))
+            stats = entry.summary.iloc[0]
+            row = dict(accuracy=stats["mean"], seconds=stats["mean_seconds"],
+                       device=entry.results[0].device, runs=len(entry.results))
         else:  # TrainResult
             row = dict(accuracy=entry.test_accuracy, seconds=entry.train_seconds,
                        device=entry.device, runs=1)

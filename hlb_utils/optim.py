@@ -179,14 +179,6 @@ class EMA:
             else:
                 mine.copy_(theirs)
 
-    @torch.no_grad()
-    def copy_to(self, net: nn.Module) -> None:
-        """Overwrite `net`'s parameters and buffers with the averaged ones."""
-        for mine, theirs in zip(self.model.parameters(), net.parameters()):
-            theirs.copy_(mine)
-        for mine, theirs in zip(self.model.buffers(), net.buffers()):
-            theirs.copy_(mine)
-
 
 class Lookahead:
     """Slow weights pulled towards the fast ones every `k` steps (airbench94; `TrainConfig.lookahead`).

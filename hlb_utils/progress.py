@@ -68,13 +68,13 @@ class LiveTable:
             if self.enabled and self.jupyter:
                 self._show_jupyter()
 
-    def status(self, text: str, force: bool = False) -> None:
-        """A transient progress line, e.g. 'epoch 2: step 40/100'; rate-limited unless forced."""
+    def status(self, text: str) -> None:
+        """A transient progress line, e.g. 'epoch 2: step 40/100'; rate-limited."""
         now = time.monotonic()
         tty = sys.stdout.isatty()
         # A terminal redraws one line in place; a log file (no terminal) gets a line every 30 s.
         every = self.status_every if self.jupyter or tty else 30.0
-        if not self.enabled or (not force and now - self._last < every):
+        if not self.enabled or now - self._last < every:
             return
         self._last, self._status = now, text
         if self.jupyter:

@@ -30,7 +30,7 @@ class RunsResult:
     config: TrainConfig
     results: list[TrainResult]
     target: float = 0.94
-    warmup_seconds: list[float] = field(default_factory=list)
+    warmup_seconds: list[float] = field(default_factory=list)   # wall seconds of each warm-up run (compiling)
 
     @property
     def accuracies(self) -> list[float]:
@@ -105,6 +105,7 @@ def write_records(result: TrainResult | RunsResult, out_dir, data_source: str = 
         compile_seconds=first.compile_seconds, tta_seconds=statistics.fmean(r.tta_seconds for r in runs.results),
         wall_seconds=wall_seconds if wall_seconds is not None else sum(r.wall_seconds for r in runs.results),
         epochs=runs.config.epochs, runs=len(runs.results), warmup_runs=len(runs.warmup_seconds),
+        warmup_wall_seconds=runs.warmup_seconds,
         device=first.device, precision=first.precision, compile=first.compile_note,
         torch=torch.__version__, data=str(data_source),
         seed=runs.config.seed, peak_memory_mb=max((r.peak_memory_mb or 0) for r in runs.results),
