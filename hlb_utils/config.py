@@ -13,7 +13,10 @@ from typing import Any
 
 import torch
 
-PROFILE_NAMES = ("full", "seed", "cpu", "quick")
+from .device import COMPILE_MODES, DTYPES
+from .evaluate import TTA_MODES
+from .loader import FLIP_MODES
+from .model import ACTIVATIONS
 
 
 @dataclass(frozen=True)
@@ -82,13 +85,13 @@ class TrainConfig:
 
 
 # (field, allowed set) and (field, low, high) checks, so errors name the field and the range.
+# Where a module owns the list (the loader its flips, evaluate its TTA modes...), it comes from there.
 _CHOICES = {
-    "net": ("record", "seed"), "act": ("gelu", "silu", "relu"),
-    "flip": ("alternate", "random", "none"), "optimizer": ("muon", "sgd"),
-    "schedule": ("linear", "onecycle"), "tta": ("none", "flip", "multi"),
-    "device": ("auto", "cuda", "cpu", "mps"), "dtype": ("auto", "bf16", "fp16", "fp32"),
-    "channels_last": ("auto", "on", "off"),
-    "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+    "net": ("record", "seed"), "act": tuple(ACTIVATIONS),
+    "flip": FLIP_MODES, "optimizer": ("muon", "sgd"),
+    "schedule": ("linear", "onecycle"), "tta": TTA_MODES,
+    "device": ("auto", "cuda", "cpu", "mps"), "dtype": ("auto", *DTYPES),
+    "channels_last": ("auto", "on", "off"), "compile_mode": COMPILE_MODES,
 }
 _RANGES = {
     "bn_momentum": (0.0, 1.0), "bn_eps": (0.0, 1.0), "batch_size": (1, 50000),
@@ -153,6 +156,9 @@ _PROFILES: dict[str, dict[str, Any]] = {
         tta="flip", dtype="fp32", eval_every=1, whiten_bias_epochs=1.0,
     ),
 }
+
+
+PROFILE_NAMES = tuple(_PROFILES)
 
 
 def resolve_profile(name: str | None = None) -> str:

@@ -19,14 +19,14 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-_ACTIVATIONS = {"gelu": nn.GELU, "silu": nn.SiLU, "relu": nn.ReLU}
+ACTIVATIONS = {"gelu": nn.GELU, "silu": nn.SiLU, "relu": nn.ReLU}
 
 
 def make_act(name: str) -> nn.Module:
     """A fresh activation module by name ('gelu', 'silu' or 'relu')."""
-    if name not in _ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of {tuple(_ACTIVATIONS)}")
-    return _ACTIVATIONS[name]()
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {tuple(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
 
 
 def conv3x3(c_in: int, c_out: int) -> nn.Conv2d:
