@@ -83,6 +83,10 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def steps_per_epoch(self, n_train: int = 50_000) -> int:
+        """Optimiser steps per epoch on a training set of n_train images (the last partial batch is dropped)."""
+        return min(self.train_subset or n_train, n_train) // self.batch_size
+
 
 # (field, allowed set) and (field, low, high) checks, so errors name the field and the range.
 # Where a module owns the list (the loader its flips, evaluate its TTA modes...), it comes from there.

@@ -297,9 +297,8 @@ def run_flops(cfg, n_train: int = 50_000, n_test: int = 10_000) -> dict:
 
     net = make_net(cfg)
     per_image = count_flops(net, train=True)
-    n_train = min(cfg.train_subset or n_train, n_train)
     n_test = min(cfg.test_subset or n_test, n_test)
-    steps_per_epoch = n_train // cfg.batch_size
+    steps_per_epoch = cfg.steps_per_epoch(n_train)
     steps = round(cfg.epochs * steps_per_epoch)
     small = min(steps, round(cfg.low_res_epochs * steps_per_epoch)) if cfg.low_res else 0
     # two images: at small sizes the last group is 1x1, and BatchNorm cannot train on a single value

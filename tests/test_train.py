@@ -41,6 +41,13 @@ def test_history_and_result_fields(synthetic):
     assert 0 <= res.test_accuracy <= 1 and res.device == "cpu"
 
 
+@pytest.mark.parametrize("changes", [{}, {"batch_size": 300}, {"train_subset": 450, "batch_size": 100}])
+def test_steps_per_epoch_is_what_the_loader_yields(synthetic, changes):
+    cfg = tiny_cfg(**changes)   # used by the lr-schedule plots and the FLOP count, so it must agree
+    loader, _ = train.make_loaders(cfg, synthetic, "cpu")
+    assert cfg.steps_per_epoch(len(synthetic.train_labels)) == len(loader) == sum(1 for _ in loader)
+
+
 def test_learns_synthetic_far_above_chance(synthetic):
     res = train.train(tiny_cfg(epochs=4), synthetic, verbose=False)
     assert res.test_accuracy > 0.5  # chance is 0.1
