@@ -74,6 +74,12 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, seconds: float = 0.5) 
     return 2 * n ** 3 * reps / (time.perf_counter() - start)
 
 
+def _device_us(event) -> float:
+    """Device microseconds of an event and its children (named cuda_time_total before torch 2.4)."""
+    total = getattr(event, "device_time_total", None)
+    return event.cuda_time_total if total is None else total
+
+
 def _hlb_ancestor(event) -> str | None:
     """The outermost hlb:* region that holds this event (None: none does)."""
     found, parent = None, event.cpu_parent
@@ -97,7 +103,7 @@ def phase_table(events, on_device: bool, busy_us: float) -> pd.DataFrame:
         row = rows[key]
         row[0] += 1
         row[1] += e.cpu_time_total / 1e3
-        row[2] += e.device_time_total / 1e3
+        row[2] += _device_us(e) / 1e3
     table = pd.DataFrame([(k, *v) for k, v in rows.items()], columns=["region", "calls", "host_ms", "device_ms"])
     if on_device:
         launched = table.loc[table.region == EPOCH, "device_ms"].sum()
@@ -112,7 +118,8 @@ def training_kernels(events, windows: list[tuple[float, float]]) -> pd.DataFrame
     rows = defaultdict(lambda: [0, 0.0])
     for e in events:
         # the GPU timeline also carries a copy of each named region (a user annotation): not a kernel
-        if e.device_type == torch.autograd.DeviceType.CPU or e.is_user_annotation or e.name.startswith("hlb:"):
+        if (e.device_type == torch.autograd.DeviceType.CPU or getattr(e, "is_user_annotation", False)
+                or e.name.startswith("hlb:")):
             continue
         start = e.time_range.start
         if any(lo <= start <= hi for lo, hi in windows):

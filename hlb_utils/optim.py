@@ -72,10 +72,15 @@ def newton_schulz(G: torch.Tensor, steps: int = 3, dtype: torch.dtype | None = N
     if tall:
         # Iterate on the wide orientation: X X^T is then the smaller Gram matrix.
         X = X.mT
+    batch_shape = X.shape[:-2]
+    X = X.reshape(-1, *X.shape[-2:])   # one batch dimension, for baddbmm
     X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)
     for _ in range(steps):
         A = X @ X.mT
-        X = a * X + (b * A + c * A @ A) @ X
+        # baddbmm(C, P, Q, beta, alpha) = beta C + alpha P @ Q in one kernel: three kernels per step
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)          # b A + c A^2
+        X = torch.baddbmm(X, B, X, beta=a, alpha=1.0)        # a X + B X
+    X = X.reshape(*batch_shape, *X.shape[-2:])
     return X.mT if tall else X
 
 
@@ -103,10 +108,12 @@ class Muon(torch.optim.Optimizer):
     def step(self, closure=None):
         loss = torch.enable_grad()(closure)() if closure is not None else None
         for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
             by_shape = defaultdict(list)
-            for p in group["params"]:
-                if p.grad is not None:
-                    by_shape[(p.shape, p.device)].append((p, self._momentum(p, group)))
+            for p, update in zip(params, self._momentum(params, group)):
+                by_shape[(p.shape, p.device)].append((p, update))
             for (shape, _), items in by_shape.items():
                 updates = newton_schulz(torch.stack([g.reshape(shape[0], -1) for _, g in items]),
                                         group["ns_steps"], self.ns_dtype)
@@ -115,12 +122,18 @@ class Muon(torch.optim.Optimizer):
                     p.add_(update.view(shape).to(p.dtype), alpha=-group["lr"])
         return loss
 
-    def _momentum(self, p: torch.Tensor, group: dict) -> torch.Tensor:
-        state = self.state[p]
-        if "momentum_buffer" not in state:
-            state["momentum_buffer"] = torch.zeros_like(p.grad)
-        buf = state["momentum_buffer"].mul_(group["momentum"]).add_(p.grad)
-        return p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
+    def _momentum(self, params: list, group: dict) -> list:
+        """buf <- momentum * buf + grad; the update is grad + momentum * buf (Nesterov) or buf.
+
+        `torch._foreach_*` does each line for all weights at once (a few kernels, not a few per weight).
+        """
+        for p in params:
+            if "momentum_buffer" not in self.state[p]:
+                self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
+        bufs, grads = [self.state[p]["momentum_buffer"] for p in params], [p.grad for p in params]
+        torch._foreach_mul_(bufs, group["momentum"])
+        torch._foreach_add_(bufs, grads)
+        return torch._foreach_add(grads, bufs, alpha=group["momentum"]) if group["nesterov"] else bufs
 
 
 def _piecewise_linear(t: float, points: list[tuple[float, float]]) -> float:

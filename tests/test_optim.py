@@ -59,6 +59,48 @@ def test_newton_schulz_batched_equals_one_at_a_time():
     assert O.newton_schulz(G).dtype == torch.float32   # the CPU's precision when none is asked for
 
 
+def reference_newton_schulz(G, steps):
+    """The docstring's iteration, one matrix at a time, in float64."""
+    a, b, c = O.NS_COEFFS
+    X = G.double()
+    X = X.T if X.shape[0] > X.shape[1] else X
+    X = X / (X.norm() + 1e-7)
+    for _ in range(steps):
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    return X.T if G.shape[0] > G.shape[1] else X
+
+
+@pytest.mark.parametrize("shape", [(16, 40), (3, 16, 40), (2, 40, 16)])
+def test_newton_schulz_is_the_quintic_iteration(shape):
+    torch.manual_seed(0)
+    G = torch.randn(*shape)
+    got = O.newton_schulz(G, 3, torch.float64)
+    want = torch.stack([reference_newton_schulz(g, 3) for g in G.reshape(-1, *shape[-2:])]).reshape(got.shape)
+    assert got.shape == G.shape and torch.allclose(got, want, atol=1e-10)
+
+
+def test_muon_step_is_nesterov_momentum_then_orthogonalise_then_rescale():
+    torch.manual_seed(0)
+    shapes = [(8, 4, 3, 3), (8, 4, 3, 3), (16, 8, 3, 3)]   # two share a shape (one batched call), one does not
+    params = [nn.Parameter(torch.randn(*s, dtype=torch.float64)) for s in shapes]
+    lr, momentum = 0.1, 0.6
+    opt = O.Muon(params, lr=lr, momentum=momentum, dtype=torch.float64)
+    weights = [p.detach().clone() for p in params]
+    bufs = [torch.zeros_like(p) for p in params]
+    for _ in range(2):
+        grads = [torch.randn_like(p) for p in params]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+        for i, g in enumerate(grads):
+            bufs[i] = momentum * bufs[i] + g
+            update = reference_newton_schulz((g + momentum * bufs[i]).reshape(len(g), -1), 3).reshape(g.shape)
+            weights[i] = weights[i] * math.sqrt(len(g)) / weights[i].norm() - lr * update
+    for p, w in zip(params, weights):
+        assert torch.allclose(p.detach(), w, atol=1e-10)
+
+
 def test_muon_renormalises_weights_and_steps_by_lr_relative_to_them():
     torch.manual_seed(0)
     w = nn.Parameter(torch.randn(32, 16, 3, 3) * 7.0)
