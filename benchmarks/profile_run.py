@@ -14,7 +14,7 @@ torch.profiler, and prints (and writes as CSV under --out):
   run's precision, and the FLOP floor = FLOPs / that rate: the time a perfect implementation would need.
 - phases.csv: host and device milliseconds of each named region of the training code
   (`hlb_utils.device.region`: hlb:augment, hlb:forward_backward, hlb:optimizer, ...). Backward kernels
-  run on autograd's own thread on a GPU, so they appear as "backward (autograd thread)".
+  run on autograd's own thread on a GPU, so they appear as "backward (autograd's thread)".
 - kernels.csv / categories.csv: the device kernels of the timed training by name and by kind (conv,
   matmul, fused by compile, ...); on a CPU, the operators by host time instead.
 
@@ -107,7 +107,8 @@ def phase_table(events, on_device: bool, busy_us: float) -> pd.DataFrame:
     table = pd.DataFrame([(k, *v) for k, v in rows.items()], columns=["region", "calls", "host_ms", "device_ms"])
     if on_device:
         launched = table.loc[table.region == EPOCH, "device_ms"].sum()
-        table.loc[len(table)] = ["training: backward (autograd thread)", "", float("nan"), busy_us / 1e3 - launched]
+        # kernels no named region launched: the backward pass, which autograd runs on its own thread
+        table.loc[len(table)] = ["training: backward (autograd's thread)", "", float("nan"), busy_us / 1e3 - launched]
     else:
         table["device_ms"] = float("nan")
     return table
@@ -156,7 +157,8 @@ def profile_once(cfg, data, trace: Path | None = None) -> tuple[dict, pd.DataFra
             shutil.copyfileobj(raw, packed)
         trace.with_suffix("").unlink()
     events = prof.events()
-    windows = [(e.time_range.start, e.time_range.end) for e in events if e.name == EPOCH]
+    windows = [(e.time_range.start, e.time_range.end) for e in events
+               if e.name == EPOCH and e.device_type == torch.autograd.DeviceType.CPU]
     on_device = device.type == "cuda"
     kernels = training_kernels(events, windows) if on_device else host_operators(events)
     busy_us = 1e3 * kernels["ms"].sum() if on_device else float("nan")
