@@ -31,7 +31,7 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")   # torch.compile's
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")   # torch.compile modes
 
 
 def pick_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
