@@ -320,12 +320,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.peer = [(name, Path(path).resolve()) for name, path in peers]
     args.only = {name.strip() for name in args.only.split(",") if name.strip()}
     sys.path.insert(0, str(REPO))   # this checkout's hlb_utils, as the children get it
-    from hlb_utils.config import TrainConfig
+    from hlb_utils.cli import parse_changes
+    from hlb_utils.config import TrainConfig, get_profile
 
-    for change in args.sets:
-        name, sep, _ = change.partition("=")
-        if not sep or name not in TrainConfig.__dataclass_fields__:
-            p.error(f"--set {change!r}: write FIELD=VALUE with a TrainConfig field (e.g. compile=false)")
+    try:   # the children parse --set the same way; checking here fails before any data is decoded
+        changes = parse_changes(args.sets)
+        unknown = set(changes) - set(TrainConfig.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"{', '.join(sorted(unknown))} is not a TrainConfig field")
+        for profile in OURS:
+            get_profile(profile, **changes)
+    except ValueError as err:
+        p.error(f"--set: {err} (write FIELD=VALUE with a TrainConfig field, e.g. compile=false)")
     return args
 
 

@@ -148,6 +148,9 @@ def test_set_must_name_a_config_field(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.parse_args(["--data", str(tmp_path), "--set", "epoch=3"])   # the field is `epochs`
     assert "TrainConfig field" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--data", str(tmp_path), "--set", "epochs=-1"])   # a field, but out of range
+    assert "out of range" in capsys.readouterr().err
 
 
 def test_profile_run_sorts_a_real_runs_time_and_never_beats_the_flop_floor(replica, tmp_path):
