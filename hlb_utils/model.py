@@ -120,7 +120,8 @@ class Whitening(nn.Conv2d):
 
     With `negate` (airbench), each of the 3*2*2 = 12 eigen-filters comes with its negation, so the
     activation after it keeps both signs: 24 channels. hlb's SE-ResNet used the 12 alone. The weight
-    is meaningless until `init_whitening` sets it; the bias trains (the trainer may stop it early).
+    is meaningless until `init_whitening` sets it; the bias starts at 0 (airbench94_muon keeps nn.Conv2d's
+    random init) and trains (the trainer may stop it early).
     `eps` is the default added to the eigenvalues: 5e-4 in airbench, 1e-2 in hlb.
     """
 
@@ -209,7 +210,9 @@ def make_record_net(widths: tuple = (64, 256, 256), act: str = "gelu", bn_moment
     whiten (24 ch) -> act -> 3 groups of conv-pool-BN-act-conv-BN-act -> global max -> Linear -> /width.
     As in airbench94_muon: identity init on each 3x3 conv, head weight rescaled to unit std, logits
     divided by the feature count (256 there), so the head starts neither tiny nor saturated.
-    airbench pools with MaxPool2d(3) on the final 3x3 map, the same as our global max at 32x32 input.
+    airbench pools with MaxPool2d(3) on the final 3x3 map: the same forward pass as our global max at
+    32x32 input; only where a map has ties does the gradient differ (amax splits it, MaxPool2d picks one
+    position; DEVELOPERS.md has the step-by-step check).
     """
     if len(widths) != 3:
         raise ValueError(f"make_record_net: widths={widths!r} must have 3 entries")
