@@ -17,6 +17,7 @@ import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Callable
 
 import pandas as pd
 import torch
@@ -30,11 +31,18 @@ from .device import (Timer, device_name, dtype_name, maybe_compile, pick_device,
 from .evaluate import evaluate, memory_format_of
 from .loader import DeviceLoader
 from .model import init_whitening, make_net
-from .optim import EMA, Lookahead, lr_multiplier, make_optimizers, smoothed_cross_entropy
+from . import optim as optim_mod
+from .optim import EMA, Lookahead, lr_multiplier, smoothed_cross_entropy
 from .progress import LiveTable
 
 WHITEN_IMAGES = 5000  # training images used to estimate the patch covariance (airbench's choice)
 COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "ema_acc", "tta_acc", "train_seconds"]
+
+
+# The learner's pieces `train()` accepts: loss_fn(logits, labels) -> summed loss, and
+# make_optimizers(net, cfg) -> an optimiser or a list of them.
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+OptimizerFactory = Callable[[nn.Module, TrainConfig], "torch.optim.Optimizer | list[torch.optim.Optimizer]"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -96,6 +104,16 @@ def _set_lrs(optimizers, cfg: TrainConfig, step: int, total: int, whiten_steps: 
     return mult
 
 
+def _optimizers(factory: OptimizerFactory, net: nn.Module, cfg: TrainConfig) -> list:
+    """The factory's optimisers as a list, each group with the `initial_lr` the schedule scales."""
+    made = factory(net, cfg)
+    optimizers = [made] if isinstance(made, torch.optim.Optimizer) else list(made)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+    return optimizers
+
+
 def _warm_up(run: "_Run", batch) -> float:
     """Compile before the clock starts: two training steps at each image size the run will see and one
     evaluation-mode call (the graphs a run needs), then restore the weights and BatchNorm statistics
@@ -137,11 +155,17 @@ def _peak_memory_mb(device) -> float:
 
 
 def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = None,
-          verbose: bool = True) -> TrainResult:
+          verbose: bool = True, *, loss_fn: LossFn | None = None,
+          make_optimizers: OptimizerFactory | None = None) -> TrainResult:
     """Train once. `data` is a Cifar10 tuple or a source for `load_cifar10` (None: HLB_DATA).
 
-    Pass your own `model` to train it with the same recipe (if it has `.whiten` and `.head`, they are
-    treated like ours; otherwise all its weights are ordinary parameters).
+    The learner's own pieces replace ours (notebooks 03 and 04 train with theirs):
+    - `model`: trained with the same recipe (if it has `.whiten` and `.head`, they are treated like
+      ours; otherwise all its weights are ordinary parameters);
+    - `loss_fn(logits, labels)`: the loss summed over the batch (default: `smoothed_cross_entropy`
+      with the config's label smoothing);
+    - `make_optimizers(net, cfg)`: an optimiser or a list of them (default: `optim.make_optimizers`).
+      The schedule scales each group's lr from its `initial_lr`, which defaults to the group's lr.
     """
     wall_start = time.perf_counter()
     cfg = cfg or get_profile()
@@ -167,10 +191,12 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
         with region("hlb:whiten_init"):
             init_whitening(net, train_loader.images[pick.to(device)])
     init_seconds = time.perf_counter() - init_start
-    optimizers = make_optimizers(net, cfg)
+    optimizers = _optimizers(make_optimizers or optim_mod.make_optimizers, net, cfg)
     compiled, compile_note = maybe_compile(net, cfg.compile, device, cfg.compile_mode)
     autocast = dtype if dtype != torch.float32 else None
     run = _Run(cfg, net, compiled, optimizers, train_loader, test_loader, device, autocast, verbose)
+    if loss_fn is not None:
+        run.loss_fn = loss_fn
     compile_seconds = 0.0
     if compiled is not net:
         try:
@@ -228,6 +254,11 @@ class _Run:
         self.lookahead = Lookahead(net, self.total_steps) if cfg.lookahead else None
         self.timer = Timer(device)
         self.table = LiveTable(COLUMNS, enabled=verbose)
+        self.loss_fn = self.default_loss
+
+    def default_loss(self, logits, y):
+        """Our loss: cross-entropy with the config's label smoothing, summed over the batch."""
+        return smoothed_cross_entropy(logits, y, self.cfg.label_smoothing, reduction="sum")
 
     def precision(self, x):
         """Mixed precision (autocast to bf16/fp16) where the config asks for it, else a no-op."""
@@ -238,7 +269,7 @@ class _Run:
         with region("hlb:forward_backward"):
             with self.precision(x):
                 logits = self.compiled(x)
-                loss = smoothed_cross_entropy(logits.float(), y, self.cfg.label_smoothing, reduction="sum")
+                loss = self.loss_fn(logits.float(), y)
             loss.backward()
         with region("hlb:optimizer"):
             if update:

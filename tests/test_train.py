@@ -69,6 +69,55 @@ def test_user_model_trains(synthetic):
     assert res.model is net and len(res.history) == 2
 
 
+def test_learners_loss_is_the_one_trained_on(synthetic):
+    # Plain cross-entropy plus a constant: the same gradients as our loss without smoothing, so the
+    # weights (and test accuracy) must match that run, while the logged loss carries the constant.
+    calls = {"n": 0}
+
+    def shifted_loss(logits, labels):
+        calls["n"] += 1
+        return torch.nn.functional.cross_entropy(logits, labels, reduction="sum") + 1000.0
+
+    cfg = tiny_cfg(label_smoothing=0.0, seed=2)
+    ours = train.train(cfg, synthetic, verbose=False)
+    theirs = train.train(cfg, synthetic, verbose=False, loss_fn=shifted_loss)
+    steps = cfg.steps_per_epoch(len(synthetic.train_labels)) * cfg.epochs
+    assert calls["n"] == steps
+    per_example = 1000.0 / cfg.batch_size
+    torch.testing.assert_close(torch.tensor(theirs.history["train_loss"].to_numpy() - per_example),
+                               torch.tensor(ours.history["train_loss"].to_numpy()), rtol=1e-5, atol=1e-5)
+    assert theirs.test_accuracy == ours.test_accuracy
+
+
+def test_learners_optimiser_factory_is_used_and_scheduled(synthetic):
+    made = []
+
+    def frozen_sgd(net, cfg):   # one plain SGD at lr 0: nothing may move, whatever the schedule
+        made.append(torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.0))
+        return made[-1]
+
+    from hlb_utils.model import make_net
+
+    net = make_net(tiny_cfg())
+    before = {k: v.clone() for k, v in net.named_parameters() if v.requires_grad}
+    train.train(tiny_cfg(), synthetic, model=net, verbose=False, make_optimizers=frozen_sgd)
+    assert len(made) == 1
+    for name, value in net.named_parameters():
+        if name in before:
+            assert torch.equal(value, before[name]), f"{name} moved under an lr-0 optimiser"
+
+    def sgd_at(net, cfg):   # a learner's list of optimisers, without initial_lr: the schedule adds it
+        made[:] = [torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, nesterov=True)]
+        return made
+
+    cfg = tiny_cfg(epochs=3, schedule="linear", end_lr=0.1)
+    res = train.train(cfg, synthetic, verbose=False, make_optimizers=sgd_at)
+    group = made[0].param_groups[0]
+    assert group["initial_lr"] == 0.05 and group["lr"] < 0.05
+    assert math.isclose(group["lr"], 0.05 * res.history["lr"].iloc[-1])
+    assert res.test_accuracy > 0.3   # chance is 0.1
+
+
 def test_seed_net_and_ema(synthetic):
     cfg = get_profile("seed", widths=(8, 16, 16, 16), batch_size=100, epochs=2, ema_epochs=1)
     res = train.train(cfg, synthetic, verbose=False)
