@@ -7,6 +7,7 @@ config is frozen, so nothing can change it behind a learner's back.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,7 +78,8 @@ class TrainConfig:
         _validate(self)
 
     def replace(self, **changes: Any) -> "TrainConfig":
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again; a misspelt field is named, not ignored)."""
+        _check_names(changes)
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -129,6 +131,16 @@ def _validate(cfg: TrainConfig) -> None:
             raise ValueError(f"TrainConfig.{name}={value!r} must be None or a positive integer")
 
 
+def _check_names(changes: dict) -> None:
+    """Refuse a change to a field TrainConfig does not have, suggesting the nearest field names."""
+    known = [f.name for f in dataclasses.fields(TrainConfig)]
+    for name in changes:
+        if name not in known:
+            near = difflib.get_close_matches(name, known, n=3)
+            hint = f"did you mean {' or '.join(map(repr, near))}?" if near else "see hlb_utils/config.py"
+            raise ValueError(f"TrainConfig has no field {name!r}; {hint}")
+
+
 # The presets. `full` follows airbench94_muon's published hyperparameters (see RECIPES in the
 # README's credits); `seed` follows hlb-CIFAR10's SE-ResNet era; `cpu` and `quick` are ours.
 _PROFILES: dict[str, dict[str, Any]] = {
@@ -178,4 +190,5 @@ def resolve_profile(name: str | None = None) -> str:
 def get_profile(name: str | None = None, **changes: Any) -> TrainConfig:
     """The named preset as a TrainConfig, with optional field changes on top."""
     name = resolve_profile(name)
+    _check_names(changes)
     return TrainConfig(profile=name, **{**_PROFILES[name], **changes})

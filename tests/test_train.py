@@ -245,6 +245,15 @@ def test_bad_config_names_the_field(field, value):
         tiny_cfg(**{field: value})
 
 
+def test_misspelt_field_is_named_with_the_nearest_ones():
+    # notebook 07 sweeps a knob by name: a typo must say so, not raise a bare TypeError
+    with pytest.raises(ValueError, match=r"no field 'epoch'; did you mean 'epochs'"):
+        tiny_cfg().replace(epoch=3)
+    with pytest.raises(ValueError, match=r"no field 'btach_size'; did you mean 'batch_size'"):
+        get_profile("quick", btach_size=100)
+    assert tiny_cfg().replace(epochs=3).epochs == 3
+
+
 def test_profiles_resolve(monkeypatch):
     monkeypatch.setenv("HLB_PROFILE", "quick")
     assert config.get_profile().profile == "quick"
