@@ -1,7 +1,8 @@
 """Matplotlib figures for the notebooks.
 
 `image_grid` is taught in notebook 01 (looking at the data, and at what augmentation does to it);
-the training curves, the lr schedule and the spread over runs in notebooks 04 and 06.
+the training curves, the lr schedule and the spread over runs in notebooks 04 and 06; a sweep's
+accuracy against time in notebook 07.
 Figures are built with matplotlib's object API (`matplotlib.figure.Figure`), not pyplot: nothing
 is registered globally, so a notebook shows the returned figure exactly once and tests leak nothing.
 """
@@ -120,5 +121,28 @@ def plot_spread(accuracies, target: float = 0.94, title: str | None = None):
     ax.axvline(target * 100, color="k", ls="--", label=f"target {target * 100:g}%")
     ax.set(xlabel="test accuracy (%)", yticks=[], ylim=(-0.5, 0.5), title=title or "spread over runs")
     ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_sweep(table, knob: str, target: float = 0.94):
+    """Accuracy against training seconds, one labelled point per row of a results table (notebook 07).
+
+    `table` is `notebook.results_table(...)` of one sweep. The target line is drawn once the sweep
+    comes within 4 points of it.
+    """
+    if len(table) == 0:
+        raise ValueError(f"no runs of the {knob} sweep to plot yet: run the sweep cell first "
+                         "(the config cell starts a new, empty sweep)")
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.plot(table["seconds"], table["accuracy"], "o-")
+    for _, row in table.iterrows():
+        ax.annotate(row["change"], (row["seconds"], row["accuracy"]), fontsize=8)
+    if table["accuracy"].max() > target - 0.04:
+        ax.axhline(target, ls="--", color="grey", label=f"target {target:.0%}")
+        ax.legend()
+    ax.set(xlabel="training seconds", ylabel="test accuracy", title=f"sweep of {knob}")
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

@@ -7,7 +7,8 @@ copy identical to `hlb_utils.notebook.SETUP_CELL`.
 
 Execution checks (the replica, quick profile): every notebook runs top to bottom with no error
 output and draws its figures; the record notebook writes a summary.json above chance; re-running a
-middle cell and everything after it reproduces the results of the first pass.
+middle cell and everything after it reproduces the results of the first pass; the playground's
+tables and figure follow a changed knob.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from nbclient.exceptions import CellExecutionError
 
 from hlb_utils import notebook as hn
 
@@ -155,6 +157,79 @@ def test_notebook_runs_in_the_quick_profile(path, replica, tmp_path, monkeypatch
         first, second = pairs
         assert first, f"{path.name} has no cell tagged 'deterministic' after its middle"
         assert first == second, "re-running from the middle changed a result"
+
+
+def _set_lines(source: str, changes: dict[str, str]) -> str:
+    """The cell's source with each line starting `NAME = ` replaced by `NAME = value`."""
+    for name, value in changes.items():
+        source, n = re.subn(rf"^{name} = .*$", f"{name} = {value}", source, flags=re.M)
+        assert n == 1, f"no single line `{name} = ...` in the config cell"
+    return source
+
+
+def _probe(client, nb, source: str) -> dict:
+    """Run `source` (which prints one JSON line) in the notebook's kernel; return what it printed."""
+    cell = nbformat.v4.new_code_cell(source)
+    nb.cells.append(cell)
+    client.execute_cell(cell, len(nb.cells) - 1)
+    nb.cells.pop()
+    return json.loads("".join(_texts(cell)))
+
+
+PLAYGROUND_STATE = """import json
+ax = sweep_figure.axes[0]
+print(json.dumps(dict(title=ax.get_title(), labels=[t.get_text() for t in ax.texts],
+                      seconds=[float(s) for s in ax.lines[0].get_xdata()],
+                      swept=[round(r.train_seconds, 2) for r in sweep.values()])))"""
+
+
+def test_playground_follows_a_changed_knob(replica, tmp_path, monkeypatch):
+    # A learner changes KNOB and re-runs the config cell, then (a) only the plot, (b) the cells after
+    # it. Neither may show the old knob's points, nor the confirmation run inside the sweep.
+    monkeypatch.setenv("HLB_DATA", str(replica))
+    nb = _read(NOTEBOOKS / "07_playground.ipynb")
+    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    config = next(i for i in code if "\nKNOB = " in nb.cells[i].source)
+    table, plot, final = (next(i for i in code if marker in nb.cells[i].source)
+                          for marker in ("table = ", "plot_sweep", "confirmed}"))
+    client = hn.make_client(nb, cwd=NOTEBOOKS, timeout=CELL_TIMEOUT)
+    with client.setup_kernel(env=hn.notebook_env(tmp_path, "quick")):
+        for i in code:
+            client.execute_cell(nb.cells[i], i)
+        assert "epochs=2" in "".join(_texts(nb.cells[table]))
+        nb.cells[config].source = _set_lines(nb.cells[config].source,
+                                             {"KNOB": '"translate"', "VALUES": "[0, 1]"})
+        client.execute_cell(nb.cells[config], config)
+        with pytest.raises(CellExecutionError, match="run the sweep cell"):
+            client.execute_cell(nb.cells[plot], plot)   # (a): no old points under the new title
+        for i in code[code.index(config) + 1:]:
+            client.execute_cell(nb.cells[i], i)        # (b)
+        state = _probe(client, nb, PLAYGROUND_STATE)
+    assert state["title"] == "sweep of translate" and state["labels"] == ["translate=0", "translate=1"]
+    assert state["seconds"] == state["swept"]
+    swept = "".join(_texts(nb.cells[table]))
+    assert "translate=0" in swept and "translate=1" in swept
+    assert "epochs=" not in swept and "seeds" not in swept   # no stale rows, no leaked confirmation
+    everything = "".join(_texts(nb.cells[final]))
+    assert "epochs=" not in everything and re.search(r"translate=[01], 2 seeds", everything)
+
+
+def test_playground_out_of_order_and_misspelt_knob_say_what_to_do(replica, tmp_path, monkeypatch):
+    # A fresh kernel, cells run out of order: the confirmation before any sweep, then a misspelt knob.
+    monkeypatch.setenv("HLB_DATA", str(replica))
+    nb = _read(NOTEBOOKS / "07_playground.ipynb")
+    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    setup, config, data = code[:3]
+    confirm = next(i for i in code if "run_many" in nb.cells[i].source)
+    client = hn.make_client(nb, cwd=NOTEBOOKS, timeout=CELL_TIMEOUT)
+    with client.setup_kernel(env=hn.notebook_env(tmp_path, "quick")):
+        for i in (setup, config, data):
+            client.execute_cell(nb.cells[i], i)
+        with pytest.raises(CellExecutionError, match="no runs of the epochs sweep yet: run the sweep cell"):
+            client.execute_cell(nb.cells[confirm], confirm)
+        nb.cells[config].source = _set_lines(nb.cells[config].source, {"KNOB": '"epoch"'})
+        with pytest.raises(CellExecutionError, match="no field 'epoch'; did you mean 'epochs'"):
+            client.execute_cell(nb.cells[config], config)
 
 
 def test_notebooks_name_no_absolute_paths():
