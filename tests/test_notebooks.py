@@ -232,6 +232,48 @@ def test_playground_out_of_order_and_misspelt_knob_say_what_to_do(replica, tmp_p
             client.execute_cell(nb.cells[config], config)
 
 
+# Per notebook: a line appended to its config cell, and a probe printing what the reader then sees.
+CONFIG_CHANGES = {
+    # three steps, EMA first: each step must stay one training and one row, named by its step
+    "04_training_recipe": ('STEPS = {name: STEPS[name] for name in ("+ EMA", "+ test-time augmentation", '
+                           '"+ label smoothing")}',
+                           "import json\nprint(json.dumps(dict(rows=list(table['change']), "
+                           "runs=list(table['runs']), last=last.config.label_smoothing)))"),
+    # narrower: the cost table, the printed net and the results must all be the new net's
+    "03_se_resnet": ("cfg = cfg.replace(widths=(4, 8, 16, 32))",
+                     "import json\nprint(json.dumps(dict(rows=len(results), trained=list(seed_run.config.widths), "
+                     "costed=cost(cfg)['parameters'], params=hu.model.count_params(seed_run.model))))"),
+}
+
+
+@pytest.mark.parametrize("stem", sorted(CONFIG_CHANGES))
+def test_config_change_reaches_every_table(stem, replica, tmp_path, monkeypatch):
+    # The learner's loop: run everything, change the config cell, re-run it and every cell after it.
+    monkeypatch.setenv("HLB_DATA", str(replica))
+    nb = _read(NOTEBOOKS / f"{stem}.ipynb")
+    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    config = code[1]
+    line, probe = CONFIG_CHANGES[stem]
+    client = hn.make_client(nb, cwd=NOTEBOOKS, timeout=CELL_TIMEOUT)
+    with client.setup_kernel(env=hn.notebook_env(tmp_path, "quick")):
+        for i in code:
+            client.execute_cell(nb.cells[i], i)
+        before = "".join(_texts(nb.cells[code[-1]]))
+        nb.cells[config].source += "\n" + line
+        for i in code[1:]:
+            client.execute_cell(nb.cells[i], i)
+        state = _probe(client, nb, probe)
+    after = "".join(_texts(nb.cells[code[-1]]))
+    if stem == "04_training_recipe":
+        assert "plain SGD" in before and "plain SGD" not in after   # no stale rows
+        assert state["rows"] == ["+ EMA", "+ test-time augmentation", "+ label smoothing"]
+        assert state["runs"] == [1, 1, 1] and state["last"] == 0.2
+    else:
+        printed_net = "".join(_texts(next(nb.cells[i] for i in code if nb.cells[i].source.startswith("net ="))))
+        assert state["rows"] == 1 and state["trained"] == [4, 8, 16, 32]
+        assert state["costed"] == state["params"] and "in_features=32" in printed_net
+
+
 def test_notebooks_name_no_absolute_paths():
     # Notebooks must run in Colab, locally and headless: no machine-specific paths in the source.
     for path in PATHS:
