@@ -183,6 +183,18 @@ print(json.dumps(dict(title=ax.get_title(), labels=[t.get_text() for t in ax.tex
                       swept=[round(r.train_seconds, 2) for r in sweep.values()])))"""
 
 
+def test_plot_sweep_draws_the_table_it_is_given_and_refuses_an_empty_one():
+    from hlb_utils import plots
+
+    table = hn.results_table({"lr=0.1": dict(accuracy=0.5, seconds=2.0, device="cpu", runs=1),
+                              "lr=0.2": dict(accuracy=0.93, seconds=3.0, device="cpu", runs=1)})
+    ax = plots.plot_sweep(table, "lr").axes[0]
+    assert ax.get_title() == "sweep of lr" and [t.get_text() for t in ax.texts] == ["lr=0.1", "lr=0.2"]
+    assert list(ax.lines[0].get_xdata()) == [2.0, 3.0] and len(ax.lines) == 2   # the target line: 0.93 is near 0.94
+    with pytest.raises(ValueError, match="run the sweep cell first"):
+        plots.plot_sweep(table.iloc[:0], "lr")
+
+
 def test_playground_follows_a_changed_knob(replica, tmp_path, monkeypatch):
     # A learner changes KNOB and re-runs the config cell, then (a) only the plot, (b) the cells after
     # it. Neither may show the old knob's points, nor the confirmation run inside the sweep.
