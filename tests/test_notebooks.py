@@ -76,6 +76,18 @@ def test_house_style(path):
     assert "results_table" in _code_cells(nb)[-1].source
 
 
+def test_prose_quotes_the_config_it_describes():
+    # Figures that the prose of 03 and 04 states about the seed recipe, read from the config.
+    from hlb_utils.config import get_profile
+
+    seed = get_profile("seed")
+    text = {stem: "\n".join(c.source for c in _read(NOTEBOOKS / f"{stem}.ipynb").cells)
+            for stem in ("03_se_resnet", "04_training_recipe")}
+    assert "widths " + "-".join(map(str, seed.widths)) in text["03_se_resnet"]
+    assert f"`recipe.peak` of the run ({seed.peak:g}, a fifth" in text["04_training_recipe"]
+    assert seed.peak == 0.2 and f"label smoothing {seed.label_smoothing:g}" in text["03_se_resnet"]
+
+
 def test_setup_cell_installs_from_the_pinned_ref():
     assert f"git+{hn.REPO_URL}@{hn.REF}" in hn.SETUP_CELL
     assert hn.REF in hn.colab_url("06_record_run.ipynb")
