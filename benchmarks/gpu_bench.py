@@ -168,9 +168,9 @@ def summarise(recipe: str, accs: list[float], secs: list[float], info: dict, not
 
 
 def run_ours(recipe: str, runs: int, warmup: int, ctx: dict, timeout: float) -> dict | None:
-    """A profile through `python -m hlb_utils.train`; its warm-up runs are in none of the files it writes."""
+    """A profile through `python -m hlb_utils train`; its warm-up runs are in none of the files it writes."""
     out, log = ctx["work"] / recipe, ctx["work"] / f"{recipe}.log"
-    cmd = [sys.executable, "-u", "-m", "hlb_utils.train", "--profile", recipe, "--runs", str(runs),
+    cmd = [sys.executable, "-u", "-m", "hlb_utils", "train", "--profile", recipe, "--runs", str(runs),
            "--warmup-runs", str(warmup), "--data", ctx["source"], "--out", str(out)]
     for change in ctx["sets"]:
         cmd += ["--set", change]

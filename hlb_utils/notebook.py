@@ -4,7 +4,7 @@ Every notebook (00 to 07) starts with the badge from `colab_badge` and the set-u
 which installs this package from the repository when it is missing (Colab) and then calls `setup()`.
 `run_notebook` executes a notebook with no Jupyter server, for README's first command:
 
-    python -m hlb_utils.notebook run notebooks/06_record_run.ipynb --out runs/record [--profile NAME] [--data SOURCE]
+    python -m hlb_utils notebook run notebooks/06_record_run.ipynb --out runs/record [--profile NAME] [--data SOURCE]
 """
 from __future__ import annotations
 
@@ -230,8 +230,8 @@ def run_notebook(path: str | Path, out_dir: str | Path, profile: str | None = No
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m hlb_utils.notebook run NOTEBOOK --out DIR [--profile NAME] [--data SOURCE] [--timeout S]`."""
-    parser = argparse.ArgumentParser(prog="python -m hlb_utils.notebook",
+    """`python -m hlb_utils notebook run NOTEBOOK --out DIR [--profile NAME] [--data SOURCE] [--timeout S]`."""
+    parser = argparse.ArgumentParser(prog="python -m hlb_utils notebook",
                                      description="Run a notebook of the series headless.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute a notebook and save it with its outputs")

@@ -6,8 +6,8 @@ trained weights by accident. Timing follows the anchors: only the training steps
 (CUDA events on a GPU, wall time elsewhere); whitening init, per-epoch evaluation, test-time
 augmentation and compilation are measured apart and reported on their own.
 
-Command line (for headless runs and the GPU benchmark):
-    python -m hlb_utils.train --profile quick --runs 2 --data PATH --out runs/quick
+Command line (for headless runs and the GPU benchmark), in hlb_utils/cli.py:
+    python -m hlb_utils train --profile quick --runs 2 --data PATH --out runs/quick
 """
 from __future__ import annotations
 
@@ -331,7 +331,5 @@ class _Run:
 
 
 if __name__ == "__main__":
-    # `python -m hlb_utils.train ...`: the command line lives in cli.py, to keep this module short.
-    from .cli import main
-
-    raise SystemExit(main())
+    # Run as a script, this file would be imported a second time by the command line it starts.
+    raise SystemExit("the command line is `python -m hlb_utils train ...` (see `python -m hlb_utils --help`)")

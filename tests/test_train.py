@@ -252,7 +252,7 @@ def test_quick_profile_learns_real_images(cifar):
 
 def test_command_line_writes_summary(replica, tmp_path):
     out = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "hlb_utils.train", "--profile", "quick", "--data", str(replica),
+    cmd = [sys.executable, "-m", "hlb_utils", "train", "--profile", "quick", "--data", str(replica),
            "--out", str(out), "--set", "epochs=1", "--set", "train_subset=2000", "--quiet"]
     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
     summary = json.loads((out / "summary.json").read_text())
