@@ -18,7 +18,7 @@ from typing import Any
 
 import hlb_utils
 
-from .progress import in_jupyter, jupyter_shell
+from .progress import HeadlessEcho, in_jupyter, jupyter_shell
 
 # The repository, written in one place: the badges, the set-up cell and the docs derive from it.
 REPO = "hlb-notebooks/hlb-notebooks"
@@ -157,23 +157,20 @@ def notebook_env(out_dir: str | Path, profile: str | None = None, data: str | No
 
 
 def make_client(nb: Any, cwd: str | Path, timeout: int | None = None, echo: bool = False):
-    """A NotebookClient (kernel python3) that runs in `cwd`; with `echo`, printed text goes to stdout."""
+    """A NotebookClient (kernel python3) that runs in `cwd`; with `echo`, printed text and live tables
+    go to stdout (`progress.HeadlessEcho`: a table's header once, its rows, a self-rewriting status)."""
     from nbclient import NotebookClient
 
+    shown = HeadlessEcho() if echo else None
+
     class _Client(NotebookClient):
-        def output(self, outs, msg, display_id, cell_index):
-            if echo and msg["msg_type"] == "stream":
-                sys.stdout.write(msg["content"]["text"])
-                sys.stdout.flush()
-            return super().output(outs, msg, display_id, cell_index)
+        echo = shown
 
         def process_message(self, msg, cell, cell_index):
-            # The live epoch table updates one display in place: echo its newest line (a row or the
-            # in-epoch status), so a terminal shows progress during long training cells.
-            if echo and msg.get("msg_type") == "update_display_data":
-                text = msg["content"].get("data", {}).get("text/plain", "")
-                if text:
-                    print("    " + text.splitlines()[-1], flush=True)
+            if shown is not None and msg.get("msg_type") == "stream":
+                shown.text(msg["content"]["text"])
+            elif shown is not None and msg.get("msg_type") in ("display_data", "update_display_data"):
+                shown.display(msg["content"])
             return super().process_message(msg, cell, cell_index)
 
     return _Client(nb, timeout=timeout, kernel_name="python3",
@@ -213,17 +210,19 @@ def run_notebook(path: str | Path, out_dir: str | Path, profile: str | None = No
     client = make_client(nb, cwd=path.parent.resolve(), timeout=timeout, echo=echo)
     code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
     start = time.perf_counter()
+    # through the echo, so that a status line left on a terminal is cleared first
+    say = client.echo.text if client.echo else lambda text: print(text, end="", flush=True)
     with client.setup_kernel(env=notebook_env(out_dir, profile, data)):
         for n, index in enumerate(code, 1):
             cell = nb.cells[index]
-            print(f"[cell {n}/{len(code)}] {_first_line(cell.source)}", flush=True)
+            say(f"[cell {n}/{len(code)}] {_first_line(cell.source)}\n")
             tic = time.perf_counter()
             try:
                 client.execute_cell(cell, index)
             except Exception as err:
                 nbformat.write(nb, out_path)
                 raise _fail(cell, f"{n}/{len(code)}", out_path) from err
-            print(f"[cell {n}/{len(code)}] {time.perf_counter() - tic:.1f} s", flush=True)
+            say(f"[cell {n}/{len(code)}] {time.perf_counter() - tic:.1f} s\n")
     nbformat.write(nb, out_path)
     print(f"done in {time.perf_counter() - start:.1f} s: {out_path}", flush=True)
     return out_path

@@ -289,8 +289,9 @@ class _Run:
                 with region("hlb:averaging"):
                     self._average(step)
                 if self.device.type == "cpu":
-                    self.table.status(f"epoch {epoch}: step {step - (epoch - 1) * self.steps_per_epoch}"
-                                      f"/{self.steps_per_epoch}")
+                    done = step - (epoch - 1) * self.steps_per_epoch
+                    self.table.status(f"epoch {epoch}: step {done}/{self.steps_per_epoch}",
+                                      done / self.steps_per_epoch)
             self.timer.stop()
         if not math.isfinite(loss_sum.item()):
             self._check_finite(loss_sum, step, exact=False)
