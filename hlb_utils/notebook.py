@@ -42,8 +42,16 @@ except ImportError:
 import hlb_utils as hu
 env = hu.notebook.setup()"""
 
-GPU_HINT = ("No GPU found: running on the CPU. In Colab choose Runtime > Change runtime type > "
+GPU_HINT = ("No GPU found: running on the CPU. For a GPU choose Runtime > Change runtime type > "
             "a GPU (e.g. T4), then run all cells again.")
+
+
+def in_colab() -> bool:
+    """True in a Google Colab runtime: its `google.colab` package is loaded, or its COLAB_ variables are set.
+
+    Only there does GPU_HINT's menu exist; elsewhere a CPU run is the learner's choice, not a mistake.
+    """
+    return "google.colab" in sys.modules or any(name.startswith("COLAB_") for name in os.environ)
 
 
 def colab_url(notebook_name: str) -> str:
@@ -88,7 +96,7 @@ def setup(profile: str | None = None) -> dict:
         # hlb_utils.plots returns matplotlib Figures without pyplot; this makes Jupyter draw them.
         shell.run_line_magic("matplotlib", "inline")
     print("  ".join(f"{key}: {value}" for key, value in info.items()))
-    if info["device"] == "cpu":
+    if info["device"] == "cpu" and in_colab():
         print(GPU_HINT)
     return info
 

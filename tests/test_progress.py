@@ -1,5 +1,6 @@
-"""What a run prints while it trains (issue 15): the live table's header once, then rows, and an in-epoch
-status that rewrites itself on a terminal and stays at a few lines per epoch in a log file.
+"""What a run prints (issue 15): the live table's header once, then rows, and an in-epoch status that
+rewrites itself on a terminal and stays at a few lines per epoch in a log file; the set-up cell's GPU
+hint only in Colab (simulated by its `google.colab` module or its COLAB_ variables).
 
 Simulated: a terminal is a text stream whose isatty() says True; Jupyter's display is replaced by a
 recorder, whose messages feed `HeadlessEcho` as a headless notebook run's kernel messages would.
@@ -125,3 +126,39 @@ def test_a_headless_notebook_run_logs_the_header_once_and_few_status_lines(tmp_p
     assert sum(line.split() == COLUMNS for line in lines) == 1
     assert len(_status_lines(lines)) == EPOCHS * (progress.LOG_MARKS - 1)
     assert len(lines) == 2 + 1 + EPOCHS + EPOCHS * (progress.LOG_MARKS - 1) + 1   # cell lines, table, done
+
+
+# ---- the set-up cell's printout -----------------------------------------------------------------
+
+def _without_colab(monkeypatch):
+    import os
+    import sys
+
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    for name in [n for n in os.environ if n.startswith("COLAB_")]:
+        monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize("colab", [None, "module", "env"])
+def test_the_gpu_hint_shows_only_in_colab(colab, monkeypatch, capsys):
+    import sys
+    import types
+
+    _without_colab(monkeypatch)
+    if colab == "module":
+        monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    elif colab == "env":
+        monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab-20261101")
+    monkeypatch.setattr(hn, "_device_line", lambda: "cpu")
+    info = hn.setup("quick")
+    out = capsys.readouterr().out
+    assert info["device"] == "cpu" and "device: cpu" in out
+    assert hn.in_colab() == (colab is not None)
+    assert ("Runtime > Change runtime type" in out) == (colab is not None)
+
+
+def test_no_gpu_hint_when_colab_has_a_gpu(monkeypatch, capsys):
+    monkeypatch.setenv("COLAB_GPU", "1")
+    monkeypatch.setattr(hn, "_device_line", lambda: "cuda (Tesla T4)")
+    hn.setup("quick")
+    assert "Runtime >" not in capsys.readouterr().out
