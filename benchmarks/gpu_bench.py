@@ -91,12 +91,6 @@ def patch_run_count(code: str, runs: int, name: str) -> str:
     return comment + head + re.sub(r"range\(\d+\)", f"range({runs})", main, count=1)
 
 
-def data_label(source: str) -> str:
-    """'JPEG replica' for the re-encoded tarball (or a folder made from it), else 'CIFAR-10'."""
-    name = Path(source).name.lower()
-    return "JPEG replica" if "jpeg" in name or name.endswith((".tar.gz", ".tgz")) else "CIFAR-10"
-
-
 def slugify(name: str) -> str:
     """'NVIDIA H200' -> 'nvidia-h200', for file names."""
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"
@@ -337,6 +331,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def machine_info(source: str, quick: bool) -> dict:
     import torch
+
+    from hlb_utils.data import data_label   # this checkout's (parse_args put it on the path)
 
     gpu = "cpu" if quick or not torch.cuda.is_available() else torch.cuda.get_device_name(0)
     return {"gpu": gpu, "torch": torch.__version__, "data": data_label(source),

@@ -74,9 +74,10 @@ def test_patch_refuses_scripts_it_cannot_patch_safely():
         bench.patch_run_count('if __name__ == "__main__":\n    a = range(2), range(200)\n', 3, "p")
 
 
-def test_data_labels_and_file_names():
-    assert bench.data_label("/data/cifar10-jpeg.tar.gz") == "JPEG replica"
-    assert bench.data_label("/home/me/.cache/cifar10") == "CIFAR-10"
+def test_data_labels_and_file_names(tmp_path):
+    (tmp_path / "cifar10" / "cifar-10-batches-py").mkdir(parents=True)
+    assert bench.machine_info("/data/cifar10-jpeg.tar.gz", quick=True)["data"] == "JPEG replica"
+    assert bench.machine_info(str(tmp_path / "cifar10"), quick=True)["data"] == "CIFAR-10"
     assert bench.slugify("NVIDIA A100-SXM4-80GB") == "nvidia-a100-sxm4-80gb"
 
 
