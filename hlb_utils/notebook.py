@@ -152,7 +152,7 @@ def notebook_env(out_dir: str | Path, profile: str | None = None, data: str | No
     env = dict(os.environ)
     env["HLB_RUN_DIR"] = str(Path(out_dir).resolve())
     # OpenMP threads that spin while they wait slow training several-fold when another process shares
-    # the cores (3x measured on 2 shared cores, see DEVELOPERS.md). A user's own setting wins.
+    # the cores (measured in benchmarks/NOTES.md). A user's own setting wins.
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if profile:
         env["HLB_PROFILE"] = profile

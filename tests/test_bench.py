@@ -111,7 +111,7 @@ def test_fake_peer_stops_without_its_data_like_a_real_peer_would_download(tmp_pa
 
 
 def _bench(replica, out, budget):
-    # The quick profile takes 15-30 s a run on 2 idle cores; the budget is generous because CI's cores are shared.
+    # The budget is generous (several quick runs' worth) because CI's cores are shared.
     cmd = [sys.executable, str(BENCH), "--quick", "--peer", f"airbench94_muon={FAKE_PEER}",
            "--data", str(replica), "--out", str(out), "--time-budget", str(budget), "--set", "epochs=3"]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=budget + 120)
