@@ -31,6 +31,7 @@ PROGRESS_EVERY = 10_000      # images between progress lines while decoding
 SPLITS = ("train", "test")
 REPLICA_NAME = "cifar10-jpeg"                # the JPEG replica's archive stem and top folder
 TORCHVISION_FOLDER = "cifar-10-batches-py"   # what torchvision's CIFAR10 downloads into its root
+DOWNLOAD_FOLDER = "cifar10-torchvision"      # the download's root inside the cache folder (README names it)
 
 
 class DataError(RuntimeError):
@@ -89,7 +90,7 @@ def load_cifar10(source: str | os.PathLike | None = None, cache_dir: str | os.Pa
     cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     source = source or os.environ.get("HLB_DATA") or None
     if source is None:
-        return _from_torchvision(cache_dir / "cifar10-torchvision")
+        return _from_torchvision(cache_dir / DOWNLOAD_FOLDER)
     path = Path(source).expanduser().resolve()
     if not path.exists():
         raise DataError(f"CIFAR-10 source {str(path)!r} does not exist. Check the path or HLB_DATA. "
