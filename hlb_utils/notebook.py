@@ -11,8 +11,11 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+import shutil
 import sys
+import tempfile
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -181,8 +184,23 @@ def make_client(nb: Any, cwd: str | Path, timeout: int | None = None, echo: bool
                 shown.display(msg["content"])
             return super().process_message(msg, cell, cell_index)
 
-    return _Client(nb, timeout=timeout, kernel_name="python3",
-                   resources={"metadata": {"path": str(cwd)}})
+    client = _Client(nb, timeout=timeout, kernel_name="python3", config=_kernel_config(),
+                     resources={"metadata": {"path": str(cwd)}})
+    if client.config.KernelManager.get("ip"):
+        weakref.finalize(client, shutil.rmtree, Path(client.config.KernelManager.ip).parent, True)
+    return client
+
+
+def _kernel_config():
+    """Where the POSIX sockets allow it, talk to the kernel through a private folder's sockets (ipc):
+    over local TCP the kernel warns at every start that its traffic is unencrypted."""
+    from traitlets.config import Config
+
+    config = Config()
+    if os.name == "posix":
+        config.KernelManager.transport = "ipc"
+        config.KernelManager.ip = str(Path(tempfile.mkdtemp(prefix="hlb-kernel-")) / "kernel")
+    return config
 
 
 def _first_line(source: str) -> str:
