@@ -91,12 +91,6 @@ def patch_run_count(code: str, runs: int, name: str) -> str:
     return comment + head + re.sub(r"range\(\d+\)", f"range({runs})", main, count=1)
 
 
-def data_label(source: str) -> str:
-    """'JPEG replica' for the re-encoded tarball (or a folder made from it), else 'CIFAR-10'."""
-    name = Path(source).name.lower()
-    return "JPEG replica" if "jpeg" in name or name.endswith((".tar.gz", ".tgz")) else "CIFAR-10"
-
-
 def slugify(name: str) -> str:
     """'NVIDIA H200' -> 'nvidia-h200', for file names."""
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"
@@ -168,9 +162,9 @@ def summarise(recipe: str, accs: list[float], secs: list[float], info: dict, not
 
 
 def run_ours(recipe: str, runs: int, warmup: int, ctx: dict, timeout: float) -> dict | None:
-    """A profile through `python -m hlb_utils.train`; its warm-up runs are in none of the files it writes."""
+    """A profile through `python -m hlb_utils train`; its warm-up runs are in none of the files it writes."""
     out, log = ctx["work"] / recipe, ctx["work"] / f"{recipe}.log"
-    cmd = [sys.executable, "-u", "-m", "hlb_utils.train", "--profile", recipe, "--runs", str(runs),
+    cmd = [sys.executable, "-u", "-m", "hlb_utils", "train", "--profile", recipe, "--runs", str(runs),
            "--warmup-runs", str(warmup), "--data", ctx["source"], "--out", str(out)]
     for change in ctx["sets"]:
         cmd += ["--set", change]
@@ -337,6 +331,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def machine_info(source: str, quick: bool) -> dict:
     import torch
+
+    from hlb_utils.data import data_label   # this checkout's (parse_args put it on the path)
 
     gpu = "cpu" if quick or not torch.cuda.is_available() else torch.cuda.get_device_name(0)
     return {"gpu": gpu, "torch": torch.__version__, "data": data_label(source),

@@ -1,6 +1,6 @@
 """The command line for headless runs and the GPU benchmark (no Jupyter needed).
 
-    python -m hlb_utils.train --profile quick --runs 2 --data PATH --out runs/quick
+    python -m hlb_utils train --profile quick --runs 2 --data PATH --out runs/quick
 
 prints the live rows of the first run and one line per further run, then writes the run records
 (`summary.json`, `runs.csv`, `history.csv`) into --out.
@@ -34,9 +34,9 @@ def parse_changes(items: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m hlb_utils.train --profile NAME [--runs N] [--data SOURCE] [--out DIR]`."""
+    """`python -m hlb_utils train --profile NAME [--runs N] [--data SOURCE] [--out DIR]`."""
     wall_start = time.perf_counter()
-    parser = argparse.ArgumentParser(prog="python -m hlb_utils.train",
+    parser = argparse.ArgumentParser(prog="python -m hlb_utils train",
                                      description="Train a profile and write its run records.")
     parser.add_argument("--profile", default=None, help=f"one of {PROFILE_NAMES + ('auto',)} "
                         "(default: HLB_PROFILE, else auto = full on CUDA, cpu elsewhere)")

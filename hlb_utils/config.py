@@ -145,7 +145,7 @@ def _check_names(changes: dict) -> None:
 # README's credits); `seed` follows hlb-CIFAR10's SE-ResNet era; `cpu` and `quick` are ours.
 _PROFILES: dict[str, dict[str, Any]] = {
     # airbench94_muon compiles its model too. Compiled code is shared by every later net of the same
-    # shape (measured with the CPU backend: 72 s for the first net, 0.1 s for the next), so one
+    # shape (benchmarks/NOTES.md has the compile times measured on the CPU backend), so one
     # warm-up run pays for it and the counted runs do not.
     "full": dict(compile=True),
     # From hlb-CIFAR10 main.py at commit cb53b42 (2023-01-29, the first version under 10 A100-seconds).
@@ -162,8 +162,8 @@ _PROFILES: dict[str, dict[str, Any]] = {
         tta="flip",
     ),
     "cpu": dict(
-        # Measured on 2 CPU cores, JPEG replica: 4 epochs at 32 px gave 86.2%; 6 epochs with the first 4
-        # at 24 px gave 86.9-87.1% in 560-650 s of training (7 epochs: 87.3%, over 15 minutes).
+        # Sized to about 15 minutes of training on 2 CPU cores: the first 4 of 6 epochs at 24 px cost
+        # little accuracy and save much time (the alternatives measured are in benchmarks/NOTES.md).
         widths=(32, 128, 128), batch_size=500, epochs=6, low_res=24, low_res_epochs=4,
         tta="multi", dtype="fp32", eval_every=2,
     ),

@@ -29,6 +29,9 @@ IMAGE_SIZE = 32              # pixels per side; every CIFAR-10 image is 32x32 RG
 CACHE_FORMAT = 1             # bump when the cache layout changes, so old caches are ignored
 PROGRESS_EVERY = 10_000      # images between progress lines while decoding
 SPLITS = ("train", "test")
+REPLICA_NAME = "cifar10-jpeg"                # the JPEG replica's archive stem and top folder
+TORCHVISION_FOLDER = "cifar-10-batches-py"   # what torchvision's CIFAR10 downloads into its root
+DOWNLOAD_FOLDER = "cifar10-torchvision"      # the download's root inside the cache folder (README names it)
 
 
 class DataError(RuntimeError):
@@ -51,10 +54,29 @@ def default_cache_dir() -> Path:
 
 _OFFLINE_HELP = (
     "Without internet, point the environment variable HLB_DATA (or load_cifar10(source=...)) at a "
-    "local copy: the JPEG replica (e.g. HLB_DATA=../shared/data/cifar10-jpeg.tar.gz), a folder or "
+    "local copy: the JPEG replica (e.g. HLB_DATA=~/Downloads/cifar10-jpeg.tar.gz), a folder or "
     ".tar.gz in ImageFolder layout (train/<class>/*.png and test/<class>/*.png), or a folder that "
     "already holds torchvision's cifar-10-batches-py."
 )
+
+
+def data_label(source: str | os.PathLike) -> str:
+    """What a results table calls the data: 'CIFAR-10', 'JPEG replica', 'synthetic' or 'own images (NAME)'.
+
+    Accuracy on the JPEG replica runs below the original's, so a result names its data instead of
+    printing a path (notebook 06's comparison, benchmarks/gpu_bench.py). The replica is known by its
+    name (cifar10-jpeg.tar.gz, or the cifar10-jpeg folder it unpacks to); CIFAR-10 by torchvision's
+    cifar-10-batches-py folder; any other image folder or archive is the learner's own images.
+    """
+    text = str(source)
+    if text.startswith("synthetic"):
+        return "synthetic"
+    path = Path(text).expanduser()
+    if path.name.lower().startswith(REPLICA_NAME) or (path / REPLICA_NAME).is_dir():
+        return "JPEG replica"
+    if (path / TORCHVISION_FOLDER).is_dir():
+        return "CIFAR-10"
+    return f"own images ({path.name})"
 
 
 def load_cifar10(source: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
@@ -68,7 +90,7 @@ def load_cifar10(source: str | os.PathLike | None = None, cache_dir: str | os.Pa
     cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     source = source or os.environ.get("HLB_DATA") or None
     if source is None:
-        return _from_torchvision(cache_dir / "cifar10-torchvision")
+        return _from_torchvision(cache_dir / DOWNLOAD_FOLDER)
     path = Path(source).expanduser().resolve()
     if not path.exists():
         raise DataError(f"CIFAR-10 source {str(path)!r} does not exist. Check the path or HLB_DATA. "

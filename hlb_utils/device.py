@@ -96,8 +96,8 @@ def maybe_compile(model: nn.Module, enabled: bool, device: torch.device,
 def region(name: str) -> ContextManager:
     """A named range for torch.profiler (benchmarks/profile_run.py sorts a run's time by these names).
 
-    Only a recording profiler pays for it: otherwise it is a no-op costing under a microsecond
-    (measured on the CPU), so the timed training loop can carry a few per step.
+    Only a recording profiler pays for it: otherwise it is a no-op whose cost is negligible next to a
+    training step, so the timed training loop can carry a few per step.
     """
     return torch.profiler.record_function(name) if torch.autograd._profiler_enabled() else nullcontext()
 

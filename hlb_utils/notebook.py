@@ -4,21 +4,24 @@ Every notebook (00 to 07) starts with the badge from `colab_badge` and the set-u
 which installs this package from the repository when it is missing (Colab) and then calls `setup()`.
 `run_notebook` executes a notebook with no Jupyter server, for README's first command:
 
-    python -m hlb_utils.notebook run notebooks/06_record_run.ipynb --out runs/record [--profile NAME] [--data SOURCE]
+    python -m hlb_utils notebook run notebooks/06_record_run.ipynb --out runs/record [--profile NAME] [--data SOURCE]
 """
 from __future__ import annotations
 
 import argparse
 import inspect
 import os
+import shutil
 import sys
+import tempfile
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
 import hlb_utils
 
-from .progress import in_jupyter, jupyter_shell
+from .progress import HeadlessEcho, in_jupyter, jupyter_shell
 
 # The repository, written in one place: the badges, the set-up cell and the docs derive from it.
 REPO = "hlb-notebooks/hlb-notebooks"
@@ -42,8 +45,16 @@ except ImportError:
 import hlb_utils as hu
 env = hu.notebook.setup()"""
 
-GPU_HINT = ("No GPU found: running on the CPU. In Colab choose Runtime > Change runtime type > "
+GPU_HINT = ("No GPU found: running on the CPU. For a GPU choose Runtime > Change runtime type > "
             "a GPU (e.g. T4), then run all cells again.")
+
+
+def in_colab() -> bool:
+    """True in a Google Colab runtime: its `google.colab` package is loaded, or its COLAB_ variables are set.
+
+    Only there does GPU_HINT's menu exist; elsewhere a CPU run is the learner's choice, not a mistake.
+    """
+    return "google.colab" in sys.modules or any(name.startswith("COLAB_") for name in os.environ)
 
 
 def colab_url(notebook_name: str) -> str:
@@ -88,7 +99,7 @@ def setup(profile: str | None = None) -> dict:
         # hlb_utils.plots returns matplotlib Figures without pyplot; this makes Jupyter draw them.
         shell.run_line_magic("matplotlib", "inline")
     print("  ".join(f"{key}: {value}" for key, value in info.items()))
-    if info["device"] == "cpu":
+    if info["device"] == "cpu" and in_colab():
         print(GPU_HINT)
     return info
 
@@ -144,7 +155,7 @@ def notebook_env(out_dir: str | Path, profile: str | None = None, data: str | No
     env = dict(os.environ)
     env["HLB_RUN_DIR"] = str(Path(out_dir).resolve())
     # OpenMP threads that spin while they wait slow training several-fold when another process shares
-    # the cores (3x measured on 2 shared cores, see DEVELOPERS.md). A user's own setting wins.
+    # the cores (measured in benchmarks/NOTES.md). A user's own setting wins.
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if profile:
         env["HLB_PROFILE"] = profile
@@ -157,27 +168,39 @@ def notebook_env(out_dir: str | Path, profile: str | None = None, data: str | No
 
 
 def make_client(nb: Any, cwd: str | Path, timeout: int | None = None, echo: bool = False):
-    """A NotebookClient (kernel python3) that runs in `cwd`; with `echo`, printed text goes to stdout."""
+    """A NotebookClient (kernel python3) that runs in `cwd`; with `echo`, printed text and live tables
+    go to stdout (`progress.HeadlessEcho`: a table's header once, its rows, a self-rewriting status)."""
     from nbclient import NotebookClient
 
+    shown = HeadlessEcho() if echo else None
+
     class _Client(NotebookClient):
-        def output(self, outs, msg, display_id, cell_index):
-            if echo and msg["msg_type"] == "stream":
-                sys.stdout.write(msg["content"]["text"])
-                sys.stdout.flush()
-            return super().output(outs, msg, display_id, cell_index)
+        echo = shown
 
         def process_message(self, msg, cell, cell_index):
-            # The live epoch table updates one display in place: echo its newest line (a row or the
-            # in-epoch status), so a terminal shows progress during long training cells.
-            if echo and msg.get("msg_type") == "update_display_data":
-                text = msg["content"].get("data", {}).get("text/plain", "")
-                if text:
-                    print("    " + text.splitlines()[-1], flush=True)
+            if shown is not None and msg.get("msg_type") == "stream":
+                shown.text(msg["content"]["text"])
+            elif shown is not None and msg.get("msg_type") in ("display_data", "update_display_data"):
+                shown.display(msg["content"])
             return super().process_message(msg, cell, cell_index)
 
-    return _Client(nb, timeout=timeout, kernel_name="python3",
-                   resources={"metadata": {"path": str(cwd)}})
+    client = _Client(nb, timeout=timeout, kernel_name="python3", config=_kernel_config(),
+                     resources={"metadata": {"path": str(cwd)}})
+    if client.config.KernelManager.get("ip"):
+        weakref.finalize(client, shutil.rmtree, Path(client.config.KernelManager.ip).parent, True)
+    return client
+
+
+def _kernel_config():
+    """Where the POSIX sockets allow it, talk to the kernel through a private folder's sockets (ipc):
+    over local TCP the kernel warns at every start that its traffic is unencrypted."""
+    from traitlets.config import Config
+
+    config = Config()
+    if os.name == "posix":
+        config.KernelManager.transport = "ipc"
+        config.KernelManager.ip = str(Path(tempfile.mkdtemp(prefix="hlb-kernel-")) / "kernel")
+    return config
 
 
 def _first_line(source: str) -> str:
@@ -213,25 +236,27 @@ def run_notebook(path: str | Path, out_dir: str | Path, profile: str | None = No
     client = make_client(nb, cwd=path.parent.resolve(), timeout=timeout, echo=echo)
     code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
     start = time.perf_counter()
+    # through the echo, so that a status line left on a terminal is cleared first
+    say = client.echo.text if client.echo else lambda text: print(text, end="", flush=True)
     with client.setup_kernel(env=notebook_env(out_dir, profile, data)):
         for n, index in enumerate(code, 1):
             cell = nb.cells[index]
-            print(f"[cell {n}/{len(code)}] {_first_line(cell.source)}", flush=True)
+            say(f"[cell {n}/{len(code)}] {_first_line(cell.source)}\n")
             tic = time.perf_counter()
             try:
                 client.execute_cell(cell, index)
             except Exception as err:
                 nbformat.write(nb, out_path)
                 raise _fail(cell, f"{n}/{len(code)}", out_path) from err
-            print(f"[cell {n}/{len(code)}] {time.perf_counter() - tic:.1f} s", flush=True)
+            say(f"[cell {n}/{len(code)}] {time.perf_counter() - tic:.1f} s\n")
     nbformat.write(nb, out_path)
     print(f"done in {time.perf_counter() - start:.1f} s: {out_path}", flush=True)
     return out_path
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m hlb_utils.notebook run NOTEBOOK --out DIR [--profile NAME] [--data SOURCE] [--timeout S]`."""
-    parser = argparse.ArgumentParser(prog="python -m hlb_utils.notebook",
+    """`python -m hlb_utils notebook run NOTEBOOK --out DIR [--profile NAME] [--data SOURCE] [--timeout S]`."""
+    parser = argparse.ArgumentParser(prog="python -m hlb_utils notebook",
                                      description="Run a notebook of the series headless.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute a notebook and save it with its outputs")

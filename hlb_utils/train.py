@@ -6,8 +6,8 @@ trained weights by accident. Timing follows the anchors: only the training steps
 (CUDA events on a GPU, wall time elsewhere); whitening init, per-epoch evaluation, test-time
 augmentation and compilation are measured apart and reported on their own.
 
-Command line (for headless runs and the GPU benchmark):
-    python -m hlb_utils.train --profile quick --runs 2 --data PATH --out runs/quick
+Command line (for headless runs and the GPU benchmark), in hlb_utils/cli.py:
+    python -m hlb_utils train --profile quick --runs 2 --data PATH --out runs/quick
 """
 from __future__ import annotations
 
@@ -320,8 +320,9 @@ class _Run:
                 with region("hlb:averaging"):
                     self._average(step)
                 if self.device.type == "cpu":
-                    self.table.status(f"epoch {epoch}: step {step - (epoch - 1) * self.steps_per_epoch}"
-                                      f"/{self.steps_per_epoch}")
+                    done = step - (epoch - 1) * self.steps_per_epoch
+                    self.table.status(f"epoch {epoch}: step {done}/{self.steps_per_epoch}",
+                                      done / self.steps_per_epoch)
             self.timer.stop()
         if not math.isfinite(loss_sum.item()):
             self._check_finite(loss_sum, step, exact=False)
@@ -362,7 +363,5 @@ class _Run:
 
 
 if __name__ == "__main__":
-    # `python -m hlb_utils.train ...`: the command line lives in cli.py, to keep this module short.
-    from .cli import main
-
-    raise SystemExit(main())
+    # Run as a script, this file would be imported a second time by the command line it starts.
+    raise SystemExit("the command line is `python -m hlb_utils train ...` (see `python -m hlb_utils --help`)")

@@ -24,8 +24,9 @@ def replica() -> Path:
     path = Path(os.environ.get("HLB_DATA") or DEFAULT_REPLICA).expanduser()
     if path.exists():
         return path
-    message = (f"CIFAR-10 replica not found at {path}: set HLB_DATA to the JPEG replica "
-               "(cifar10-jpeg.tar.gz) or to another CIFAR-10 source")
+    # The variable comes first: pytest's summary line (-ra) cuts long reasons at the terminal's width.
+    message = (f"set HLB_DATA to run this real-data test (the JPEG replica cifar10-jpeg.tar.gz or "
+               f"another CIFAR-10 source); nothing at {path}")
     if os.environ.get("CI"):
         pytest.fail(f"{message} (CI is set, so real-data tests must run)", pytrace=False)
     pytest.skip(message)

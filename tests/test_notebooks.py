@@ -21,6 +21,7 @@ import pytest
 from nbclient.exceptions import CellExecutionError
 
 from hlb_utils import notebook as hn
+from hlb_utils.data import data_label
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 PATHS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
@@ -165,6 +166,8 @@ def test_notebook_runs_in_the_quick_profile(path, replica, tmp_path, monkeypatch
         assert summary["profile"] == "quick" and summary["runs"] >= 2
         assert summary["test_accuracy"] > 0.2, "the record notebook learned nothing"
         assert (tmp_path / "history.csv").is_file()
+        shown = "\n".join(t for c in _code_cells(nb) for t in _texts(c))
+        assert f"measured here on {data_label(replica)}" in shown, "the comparison row must name its data"
     if rerun:
         first, second = pairs
         assert first, f"{path.name} has no cell tagged 'deterministic' after its middle"

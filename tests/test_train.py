@@ -174,9 +174,8 @@ def test_compile_warm_up_leaves_no_trace(synthetic, monkeypatch):
 @pytest.mark.skipif(not shutil.which("g++"), reason="torch.compile's CPU backend needs a C++ compiler")
 def test_real_compile_matches_eager_and_is_reused(synthetic, monkeypatch):
     # The library compiles on CUDA only; here torch.compile's CPU backend stands in, which traces the
-    # same graphs (training step at both image sizes, evaluation, TTA). Measured on 2 cores: about
-    # 2 min with a cold compile cache, 20 s warm; a second run's compile takes 0.1 s (a new net
-    # reusing the compiled code).
+    # same graphs (training step at both image sizes, evaluation, TTA). Slow with a cold compile cache
+    # (minutes on 2 cores); a second run's new net reuses the compiled code.
     from torch._dynamo.utils import counters
 
     monkeypatch.setattr(train, "maybe_compile",
@@ -303,14 +302,14 @@ def test_run_many_and_records(synthetic, tmp_path):
 
 
 def test_quick_profile_learns_real_images(cifar):
-    """The quick profile on the JPEG replica: far above chance (measured about 0.6; chance 0.1)."""
+    """The quick profile on the JPEG replica: far above chance (0.1)."""
     res = train.train(get_profile("quick"), cifar, verbose=False)
     assert res.test_accuracy > 0.45
 
 
 def test_command_line_writes_summary(replica, tmp_path):
     out = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "hlb_utils.train", "--profile", "quick", "--data", str(replica),
+    cmd = [sys.executable, "-m", "hlb_utils", "train", "--profile", "quick", "--data", str(replica),
            "--out", str(out), "--set", "epochs=1", "--set", "train_subset=2000", "--quiet"]
     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
     summary = json.loads((out / "summary.json").read_text())
