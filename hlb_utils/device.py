@@ -6,6 +6,7 @@ each choice falls back to what the machine supports: bf16 where the GPU has it, 
 """
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from contextlib import nullcontext
@@ -16,18 +17,71 @@ from torch import nn
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """'auto' prefers CUDA, then Apple MPS, then the CPU. Asking for a missing device is an error."""
+    """'auto' prefers CUDA, then Apple MPS, then the CPU. Asking for a missing device is an error,
+    and so is a GPU that this torch build has no kernels for (see `check_cuda_arch`)."""
     if name == "auto":
         if torch.cuda.is_available():
+            check_cuda_arch()
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was asked for, but torch sees no CUDA GPU; use device='auto' or 'cpu'")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("device='cuda' was asked for, but torch sees no CUDA GPU; use device='auto' or 'cpu'")
+        check_cuda_arch()
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise RuntimeError("device='mps' was asked for, but this machine has no Apple MPS; use 'auto' or 'cpu'")
     return torch.device(name)
+
+
+def _arch_entries(prefix: str) -> list[tuple[int, int, str]]:
+    """(major, minor, suffix) of the arch list's entries like 'sm_90a' or 'compute_75'."""
+    found = []
+    for entry in torch.cuda.get_arch_list():
+        match = re.fullmatch(rf"{prefix}_(\d+)(\d)([a-z]?)", entry)
+        if match:
+            found.append((int(match[1]), int(match[2]), match[3]))
+    return found
+
+
+def cuda_arch_supported(capability: tuple[int, int]) -> bool:
+    """Can this torch build run on a GPU of this compute capability?
+
+    A wheel carries machine code (sm_XY) for some GPU generations: it runs on GPUs of the same major
+    version and an equal or higher minor one ('a' entries, like sm_90a, only on exactly X.Y). It may
+    also carry PTX (compute_XY), which the driver compiles for any newer GPU on first use.
+    """
+    major, minor = capability
+    binary = any(x == major and (y == minor or (y < minor and not suffix))
+                 for x, y, suffix in _arch_entries("sm"))
+    ptx = any((x, y) <= (major, minor) for x, y, _ in _arch_entries("compute"))
+    return binary or ptx
+
+
+def check_cuda_arch(device: torch.device | int | None = None) -> None:
+    """Stop early, with the wheel to install, when torch was built without kernels for this GPU.
+
+    The CUDA 13 wheels, for example, start at sm_75: a V100 (7.0) would otherwise fail at the first
+    convolution with "no kernel image is available". ROCm builds list gfx targets: not checked here.
+    """
+    arches = torch.cuda.get_arch_list()
+    if torch.version.hip or not any(a.startswith(("sm_", "compute_")) for a in arches):
+        return
+    capability = tuple(torch.cuda.get_device_capability(device))
+    if cuda_arch_supported(capability):
+        return
+    lowest = min((x, y) for x, y, _ in _arch_entries("sm") + _arch_entries("compute"))
+    if capability < lowest:
+        # CUDA 12.6 builds still carry kernels for 5.0 to 9.0 GPUs (Maxwell to Hopper).
+        advice = ("install a torch build for CUDA 12.6: pip install torch torchvision "
+                  "--index-url https://download.pytorch.org/whl/cu126")
+    else:
+        advice = "install a newer torch, built for a newer CUDA (see https://pytorch.org/get-started/locally/)"
+    name = torch.cuda.get_device_name(device)
+    raise RuntimeError(f"this torch ({torch.__version__}, CUDA {torch.version.cuda}) has no kernels for "
+                       f"{name} (compute capability {capability[0]}.{capability[1]}; it was built for "
+                       f"{' '.join(arches)}): {advice}")
 
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -35,13 +89,16 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 
 def pick_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
-    """Compute precision: 'auto' is bf16 on CUDA GPUs that have it, fp16 on older ones, fp32 elsewhere."""
+    """Compute precision: 'auto' is bf16 on CUDA GPUs of capability 8.0 and up (A100, L4, H100...),
+    fp16 on older ones (T4, V100), fp32 elsewhere."""
     if name != "auto":
         if device.type == "cpu" and name == "fp16":
             raise ValueError("dtype='fp16' is too slow or unsupported on the CPU; use 'fp32' or 'auto'")
         return DTYPES[name]
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # Not torch.cuda.is_bf16_supported(): it also says yes on 7.x GPUs (T4, V100), where bf16 is
+        # only emulated: cuDNN's bf16 convolutions and inductor's bf16 kernels need capability 8.0.
+        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
     return torch.float32
 
 
