@@ -167,7 +167,7 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
         with region("hlb:whiten_init"):
             init_whitening(net, train_loader.images[pick.to(device)])
     init_seconds = time.perf_counter() - init_start
-    optimizers = make_optimizers(net, cfg)
+    optimizers = make_optimizers(net, cfg, dtype)
     compiled, compile_note = maybe_compile(net, cfg.compile, device, cfg.compile_mode)
     autocast = dtype if dtype != torch.float32 else None
     run = _Run(cfg, net, compiled, optimizers, train_loader, test_loader, device, autocast, verbose)
