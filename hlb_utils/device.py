@@ -150,6 +150,15 @@ def maybe_compile(model: nn.Module, enabled: bool, device: torch.device,
         return model, f"compile failed: {type(err).__name__}"
 
 
+def needs_warm_up(device: torch.device) -> bool:
+    """Whether the first steps on this device carry one-off costs that must stay out of the timer.
+
+    On CUDA they do, compiled or not: cuDNN's benchmark mode times its algorithms on the first call
+    of each shape, and kernels (the optimisers' too) load lazily on first use.
+    """
+    return device.type == "cuda"
+
+
 def region(name: str) -> ContextManager:
     """A named range for torch.profiler (benchmarks/profile_run.py sorts a run's time by these names).
 

@@ -56,3 +56,76 @@ def test_train_hands_its_precision_to_muon(synthetic, monkeypatch, setting, expe
     seen = spy_on_newton_schulz(monkeypatch)
     result = train.train(tiny_cfg(dtype=setting, epochs=1), synthetic, verbose=False)
     assert result.precision == setting and seen and set(seen) == {expected}
+
+
+def make_run(cfg, data):
+    """A _Run as train() builds it, on the CPU, uncompiled."""
+    loaders = train.make_loaders(cfg, data, "cpu")
+    torch.manual_seed(cfg.seed)
+    net = model.make_net(cfg)
+    optimizers = optim.make_optimizers(net, cfg, torch.float32)
+    return train._Run(cfg, net, net, optimizers, *loaders, torch.device("cpu"), None, verbose=False)
+
+
+def state_of(run) -> dict:
+    """Every tensor and number the warm-up could touch, copied."""
+    return dict(net={k: v.clone() for k, v in run.net.state_dict().items()},
+                state=[{id(p): {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()}
+                        for p, s in opt.state.items()} for opt in run.optimizers],
+                groups=[[{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+                        for opt in run.optimizers])
+
+
+def test_warm_up_restores_weights_buffers_optimiser_state_and_lrs_bit_for_bit(synthetic):
+    cfg = tiny_cfg(low_res=16, low_res_epochs=1, optimizer="muon")
+    run = make_run(cfg, synthetic)
+    x, y = next(iter(run.train_loader))
+    run.step(x, y)   # momentum buffers exist and BatchNorm has statistics: a non-trivial state
+    train._set_lrs(run.optimizers, cfg, 7, run.total_steps, run.whiten_steps)
+    for opt in run.optimizers:   # a step count, as Adam-like optimisers keep one
+        for p in opt.state:
+            opt.state[p]["step"] = torch.tensor(3.0)
+    before = state_of(run)
+    counts = [v for k, v in before["net"].items() if k.endswith("num_batches_tracked")]
+    assert all(before["state"]) and counts and all(c == 1 for c in counts)
+    train._warm_up(run, (x, y))
+    after = state_of(run)
+    for name, tensor in before["net"].items():
+        assert torch.equal(tensor, after["net"][name]), name
+    for mine, theirs in zip(before["state"], after["state"]):
+        assert mine.keys() == theirs.keys()
+        for pid, s in mine.items():
+            assert all(torch.equal(v, theirs[pid][k]) for k, v in s.items())
+    assert before["groups"] == after["groups"]
+    assert run.net.training
+
+
+def test_warm_up_really_steps_the_optimisers(synthetic, monkeypatch):
+    # The optimisers' first kernels must load in the warm-up, not in the first timed step.
+    run = make_run(tiny_cfg(), synthetic)
+    steps = []
+    for opt in run.optimizers:
+        monkeypatch.setattr(opt, "step", lambda *a, o=opt, real=opt.step: steps.append(type(o).__name__) or real())
+    train._warm_up(run, next(iter(run.train_loader)))
+    assert sorted(set(steps)) == ["Muon", "SGD"] and len(steps) == 4   # two steps, two optimisers
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_a_cuda_run_warms_up_compiled_or_not_and_trains_as_if_it_had_not(synthetic, monkeypatch, compile):
+    assert dev.needs_warm_up(torch.device("cuda")) and not dev.needs_warm_up(torch.device("cpu"))
+    cfg = tiny_cfg(seed=4, compile=compile, low_res=16, low_res_epochs=1)
+    plain = train.train(cfg.replace(compile=False), synthetic, verbose=False)
+    # train() asks device.needs_warm_up about its device: give the answer it gets for a CUDA device.
+    monkeypatch.setattr(train, "needs_warm_up", lambda device: True)
+    if compile:   # the CPU has no compile here: an eager-backend torch.compile stands in
+        monkeypatch.setattr(train, "maybe_compile", lambda net, enabled, device, mode:
+                            (torch.compile(net, backend="eager", dynamic=False), "compiled (eager backend)"))
+    warm_ups = []
+    real = train._warm_up
+    monkeypatch.setattr(train, "_warm_up", lambda run, batch: warm_ups.append(1) or real(run, batch))
+    warm = train.train(cfg, synthetic, verbose=False)
+    assert warm_ups == [1] and warm.compile_seconds > 0
+    cols = ["train_loss", "train_acc", "test_loss", "test_acc"]
+    assert plain.history[cols].equals(warm.history[cols]) and plain.test_accuracy == warm.test_accuracy
+    for a, b in zip(plain.model.state_dict().values(), warm.model.state_dict().values()):
+        assert torch.equal(a, b)
