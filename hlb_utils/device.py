@@ -7,6 +7,7 @@ each choice falls back to what the machine supports: bf16 where the GPU has it, 
 from __future__ import annotations
 
 import re
+import sys
 import time
 import warnings
 from contextlib import nullcontext
@@ -168,11 +169,50 @@ def region(name: str) -> ContextManager:
     return torch.profiler.record_function(name) if torch.autograd._profiler_enabled() else nullcontext()
 
 
-def compile_model(model: nn.Module, mode: str = "default") -> Callable:
+# Compiled variants allowed per function (torch's default is 8). All our nets share one `forward`, and
+# one net needs several: each image size, training and evaluation, each precision of an ablation.
+RECOMPILE_LIMIT = 64
+_compiled_last = {"signature": None, "gave_up": 0}
+
+
+def compile_model(model: nn.Module, mode: str = "default", backend: str = "inductor") -> Callable:
     """torch.compile as the trainer uses it, with static shapes: each image size (full, and the small
     one of progressive resizing) gets its own graph, compiled in the warm-up, instead of one slower
-    graph for every size that torch would otherwise switch to when it sees a second size."""
+    graph for every size that torch would otherwise switch to when it sees a second size.
+
+    A net shaped like the last one compiled reuses its code; a differently shaped one (notebook 05's
+    ablation) starts from a fresh compiler cache, so that no net inherits a full recompile budget and
+    silently runs eager. `backend='eager'` only traces (tests on the CPU).
+    """
+    signature = _signature(model)
+    if signature != _compiled_last["signature"] or dynamo_gave_up() > _compiled_last["gave_up"]:
+        torch._dynamo.reset()
+        _compiled_last.update(signature=signature, gave_up=dynamo_gave_up())
+    config = torch._dynamo.config
+    # torch < 2.6 calls the limit cache_size_limit
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
+    if backend != "inductor":
+        return torch.compile(model, backend=backend, dynamic=False)
     return torch.compile(model, mode=mode, dynamic=False)
+
+
+def _signature(model: nn.Module) -> tuple:
+    """What makes dynamo compile a net afresh: its class, and each tensor's name, shape, dtype,
+    strides (memory format) and requires_grad."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    return (type(model).__qualname__,
+            tuple((name, tuple(t.shape), t.dtype, t.stride(), t.requires_grad) for name, t in tensors))
+
+
+def dynamo_gave_up() -> int:
+    """How many times, in this process, torch.compile gave up on a function and ran it eager
+    (recompile limit reached, or an error while tracing)."""
+    if "torch._dynamo" not in sys.modules:
+        return 0
+    from torch._dynamo.utils import counters
+
+    return counters["frames"]["total"] - counters["frames"]["ok"]
 
 
 def synchronize(device: torch.device) -> None:

@@ -26,8 +26,8 @@ from torch import nn
 
 from . import data as data_mod
 from .config import TrainConfig, get_profile
-from .device import (Timer, device_name, dtype_name, maybe_compile, needs_warm_up, pick_device, pick_dtype,
-                     region, synchronize, use_channels_last)
+from .device import (Timer, device_name, dtype_name, dynamo_gave_up, maybe_compile, needs_warm_up, pick_device,
+                     pick_dtype, region, synchronize, use_channels_last)
 from .evaluate import evaluate, memory_format_of
 from .loader import DeviceLoader
 from .model import init_whitening, make_net
@@ -155,6 +155,15 @@ def _prepare(run: "_Run", note: str) -> tuple[float, str]:
     return _prepare(run, note)
 
 
+def _check_compiled(run: "_Run", note: str, gave_up_before: int) -> str:
+    """The compile note, amended when torch.compile gave up during the run and ran (part of) it eager."""
+    if run.compiled is run.net or dynamo_gave_up() == gave_up_before:
+        return note
+    warnings.warn("torch.compile gave up part-way through this run (recompile limit or tracing error) "
+                  "and ran the rest eager; TORCH_LOGS=recompiles tells why")
+    return f"{note}; fell back to eager part-way"
+
+
 def shrink(x: torch.Tensor, size: int) -> torch.Tensor:
     """Progressive resizing (fast.ai's DAWNBench trick): early epochs see smaller images, which cost
     about (size/32)^2 as much; the global max-pool head makes the net indifferent to the input size."""
@@ -207,6 +216,7 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
     compiled, compile_note = maybe_compile(net, cfg.compile, device, cfg.compile_mode)
     autocast = dtype if dtype != torch.float32 else None
     run = _Run(cfg, net, compiled, optimizers, train_loader, test_loader, device, autocast, verbose)
+    gave_up = dynamo_gave_up()
     compile_seconds, compile_note = _prepare(run, compile_note)
     if verbose and compile_note != "off":
         print(f"torch.compile: {compile_note}" + (f" ({compile_seconds:.1f} s warm-up, not timed)"
@@ -224,6 +234,7 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
             history[-1]["tta_acc"] = acc
             run.table.update_last(history[-1])
     tta_seconds = time.perf_counter() - tta_start
+    compile_note = _check_compiled(run, compile_note, gave_up)
     frame = pd.DataFrame(history, columns=COLUMNS + ["lr"])
     if verbose:
         print(f"final test accuracy (TTA {cfg.tta}): {acc:.4f}   training: {run.timer.total:.2f} s")

@@ -129,3 +129,52 @@ def test_a_cuda_run_warms_up_compiled_or_not_and_trains_as_if_it_had_not(synthet
     assert plain.history[cols].equals(warm.history[cols]) and plain.test_accuracy == warm.test_accuracy
     for a, b in zip(plain.model.state_dict().values(), warm.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def eager_backend_compile(monkeypatch):
+    """train() compiles only on CUDA; here its compile goes through compile_model with the `eager`
+    backend, which traces like the real one (same guards, same recompiles) but builds no kernels."""
+    monkeypatch.setattr(train, "maybe_compile", lambda net, enabled, device, mode:
+                        (dev.compile_model(net, backend="eager"), "compiled (eager backend)")
+                        if enabled else (net, "off"))
+
+
+def net_with_trainable_bn_scales(cfg):
+    torch.manual_seed(cfg.seed)
+    net = model.make_net(cfg)
+    for module in net.modules():
+        if isinstance(module, model.BatchNorm):
+            module.weight.requires_grad_(True)
+    return net
+
+
+def test_the_ablations_configs_all_stay_compiled_in_one_process(synthetic, monkeypatch):
+    # The variants of notebook 05's ablation, one after another as the notebook trains them: with
+    # torch's default budget (8 compiled variants of the nets' one shared `forward`) the later rows ran
+    # eager while their notes said "compiled". Two image sizes and multi-view TTA, as on a GPU.
+    eager_backend_compile(monkeypatch)
+    base = tiny_cfg(compile=True, dtype="bf16", epochs=1, low_res=16, low_res_epochs=0.5, tta="multi",
+                    train_subset=400, test_subset=200)
+    rows = [(base, None), (base.replace(dtype="fp32"), None), (base.replace(channels_last="off"), None),
+            (base, net_with_trainable_bn_scales), (base.replace(net="seed", widths=(8, 8, 16, 16)), None),
+            (base.replace(flip="random"), None), (base.replace(low_res=0), None)]
+    gave_up = dev.dynamo_gave_up()
+    for cfg, make in rows:
+        result = train.train(cfg, synthetic, model=make(cfg) if make else None, verbose=False)
+        assert result.compile_note == "compiled (eager backend)", cfg
+    assert dev.dynamo_gave_up() == gave_up
+
+
+def test_a_compile_that_falls_back_to_eager_says_so(synthetic, monkeypatch):
+    # Forced: a budget of one compiled variant, and a run that needs more (two image sizes, evaluation).
+    eager_backend_compile(monkeypatch)
+    monkeypatch.setattr(dev, "RECOMPILE_LIMIT", 1)
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    cfg = tiny_cfg(compile=True, epochs=1, low_res=16, low_res_epochs=0.5, seed=11)
+    with pytest.warns(UserWarning, match="gave up part-way"):
+        result = train.train(cfg, synthetic, verbose=False)
+    assert result.compile_note == "compiled (eager backend); fell back to eager part-way"
+    # the next compile starts afresh instead of inheriting the exhausted budget
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    monkeypatch.setattr(dev, "RECOMPILE_LIMIT", 64)
+    assert train.train(cfg, synthetic, verbose=False).compile_note == "compiled (eager backend)"
