@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from hlb_utils import device as dev
-from hlb_utils import model, optim, train
+from hlb_utils import loader, model, optim, train
 from hlb_utils.config import get_profile
 
 from test_device import simulate_gpu
@@ -178,3 +180,43 @@ def test_a_compile_that_falls_back_to_eager_says_so(synthetic, monkeypatch):
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
     monkeypatch.setattr(dev, "RECOMPILE_LIMIT", 64)
     assert train.train(cfg, synthetic, verbose=False).compile_note == "compiled (eager backend)"
+
+
+class HostDeviceTraffic(TorchDispatchMode):
+    """Records every operator that would make the host wait for a GPU: a copy between the host and
+    the device (a synchronous copy waits for the queue), or a device value read on the host."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        devices = {t.device.type for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)}
+        if len(devices) > 1 or (func is torch.ops.aten._local_scalar_dense.default and devices != {"cpu"}):
+            self.seen.append(f"{func} {sorted(devices)}")
+        return out
+
+
+def test_the_timed_loop_never_waits_for_the_host(synthetic):
+    # The "meta" device stands in for a GPU: its tensors have shapes and no data, so every step runs
+    # (the loader's whole-epoch path of a GPU too) and any transfer between host and device shows.
+    meta, stats = torch.device("meta"), dict(mean=[0.5] * 3, std=[0.25] * 3)
+    cfg = tiny_cfg(low_res=16, low_res_epochs=1, cutout=8, flip="alternate")
+    train_loader = loader.DeviceLoader(synthetic.train_images, synthetic.train_labels, cfg.batch_size,
+                                       device=meta, translate=2, cutout=8, channels_last=True, **stats)
+    test_loader = loader.DeviceLoader(synthetic.test_images, synthetic.test_labels, 100, train=False,
+                                      device=meta, **stats)
+    net = model.make_net(cfg).to(meta).to(memory_format=torch.channels_last)
+    run = train._Run(cfg, net, net, optim.make_optimizers(net, cfg, torch.float32), train_loader, test_loader,
+                     meta, None, verbose=False)
+    traffic, start, stop = HostDeviceTraffic(), run.timer.start, run.timer.stop
+    with traffic:   # the mode sees what it is meant to see
+        torch.arange(3).to(meta)
+    assert len(traffic.seen) == 1
+    traffic.seen.clear()
+    run.timer.start = lambda: (start(), traffic.__enter__())
+    run.timer.stop = lambda: (traffic.__exit__(None, None, None), stop())[1]
+    with pytest.raises(RuntimeError, match="meta"):   # the epoch's summary reads the loss, after the clock
+        run._epoch(1, 0)
+    assert run.timer.total > 0 and traffic.seen == []
