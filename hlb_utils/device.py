@@ -124,6 +124,33 @@ def device_name(device: torch.device) -> str:
     return device.type
 
 
+def describe(device: torch.device) -> str:
+    """'cuda (Tesla T4, capability 7.5)', or 'cpu' / 'mps': what a notebook's set-up cell prints."""
+    if device.type != "cuda":
+        return device.type
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"cuda ({device_name(device)}, capability {major}.{minor})"
+
+
+def compile_choice(enabled: bool, device: torch.device, mode: str = "max-autotune") -> tuple[str | None, str]:
+    """The torch.compile mode this machine gets (None: no compile) and a one-line note saying why.
+
+    max-autotune warns "not enough SMs" on small GPUs (a T4 has 40, an L4 58); a plain compile still
+    helps there, so they get mode 'default'.
+    """
+    if not enabled:
+        return None, "off"
+    if device.type != "cuda":
+        return None, f"compile skipped on {device.type} (only CUDA is supported here)"
+    try:
+        import triton  # noqa: F401  (no Triton, e.g. on Windows: no compile)
+    except ImportError:
+        return None, "compile skipped: Triton is not installed"
+    if mode.startswith("max-autotune") and torch.cuda.get_device_properties(device).multi_processor_count < 68:
+        mode = "default"
+    return mode, f"compiled ({mode})"
+
+
 def maybe_compile(model: nn.Module, enabled: bool, device: torch.device,
                   mode: str = "max-autotune") -> tuple[Callable, str]:
     """torch.compile the model where it can work, else return it unchanged with a one-line reason.
@@ -132,20 +159,11 @@ def maybe_compile(model: nn.Module, enabled: bool, device: torch.device,
     and reports it as compile time, never as training time; if that first call fails, the trainer
     goes on uncompiled.
     """
-    if not enabled:
-        return model, "off"
-    if device.type != "cuda":
-        return model, f"compile skipped on {device.type} (only CUDA is supported here)"
+    mode, note = compile_choice(enabled, device, mode)
+    if mode is None:
+        return model, note
     try:
-        import triton  # noqa: F401  (no Triton, e.g. on Windows: no compile)
-    except ImportError:
-        return model, "compile skipped: Triton is not installed"
-    props = torch.cuda.get_device_properties(device)
-    # max-autotune warns "not enough SMs" on small GPUs (a T4 has 40); a plain compile still helps there.
-    if mode.startswith("max-autotune") and props.multi_processor_count < 68:
-        mode = "default"
-    try:
-        return compile_model(model, mode), f"compiled ({mode})"
+        return compile_model(model, mode), note
     except Exception as err:  # pragma: no cover - depends on the platform
         warnings.warn(f"torch.compile failed, training uncompiled: {err}")
         return model, f"compile failed: {type(err).__name__}"

@@ -5,13 +5,16 @@ function that asks is); everything that runs, runs on the CPU (`device="cpu"` is
 """
 from __future__ import annotations
 
+import sys
+import types
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from hlb_utils import device as dev
-from hlb_utils import loader, model, optim, train
+from hlb_utils import loader, model, notebook, optim, train
 from hlb_utils.config import get_profile
 
 from test_device import simulate_gpu
@@ -220,3 +223,23 @@ def test_the_timed_loop_never_waits_for_the_host(synthetic):
     with pytest.raises(RuntimeError, match="meta"):   # the epoch's summary reads the loss, after the clock
         run._epoch(1, 0)
     assert run.timer.total > 0 and traffic.seen == []
+
+
+@pytest.mark.parametrize("gpu, line", [
+    ("T4", "profile: full  device: cuda (Tesla T4, capability 7.5)  precision: fp16  compile: compile (default)"),
+    ("H100", "profile: full  device: cuda (NVIDIA H100 80GB HBM3, capability 9.0)  precision: bf16  "
+             "compile: compile (max-autotune)")])
+def test_setup_says_what_a_gpu_run_will_use(monkeypatch, capsys, gpu, line):
+    simulate_gpu(monkeypatch, gpu)
+    monkeypatch.setitem(sys.modules, "triton", types.ModuleType("triton"))
+    monkeypatch.delenv("HLB_PROFILE", raising=False)
+    info = notebook.setup()
+    assert capsys.readouterr().out.startswith(line)
+    assert info["precision"] == line.split("precision: ")[1][:4]
+
+
+def test_setup_on_the_cpu(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    info = notebook.setup("quick")
+    assert (info["device"], info["precision"]) == ("cpu", "fp32") and info["compile"] == "off"
+    assert "profile: quick  device: cpu  precision: fp32  compile: off" in capsys.readouterr().out
