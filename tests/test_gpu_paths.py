@@ -5,8 +5,10 @@ function that asks is); everything that runs, runs on the CPU (`device="cpu"` is
 """
 from __future__ import annotations
 
+import importlib.util
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -243,3 +245,30 @@ def test_setup_on_the_cpu(monkeypatch, capsys):
     info = notebook.setup("quick")
     assert (info["device"], info["precision"]) == ("cpu", "fp32") and info["compile"] == "off"
     assert "profile: quick  device: cpu  precision: fp32  compile: off" in capsys.readouterr().out
+
+
+def load_profile_run():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_run.py"
+    spec = importlib.util.spec_from_file_location("profile_run", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("gpu, precision, floor", [
+    ("A100", "fp32", "tf32"), ("H100", "fp32", "tf32"), ("T4", "fp32", "fp32"), ("V100", "fp32", "fp32"),
+    ("A100", "bf16", "bf16"), ("T4", "fp16", "fp16")])
+def test_the_flop_floor_is_timed_in_the_convs_precision(monkeypatch, gpu, precision, floor):
+    # cuDNN runs fp32 convolutions in TF32 from capability 8.0 on: strict-fp32 matmuls would put the
+    # floor several times too high there.
+    simulate_gpu(monkeypatch, gpu)
+    prof = load_profile_run()
+    assert prof.conv_precision(torch.device("cuda"), precision) == floor
+    assert prof.conv_precision(torch.device("cpu"), precision) == precision
+
+
+def test_the_tf32_floor_restores_the_matmul_setting():
+    prof = load_profile_run()
+    before = torch.backends.cuda.matmul.allow_tf32
+    assert prof.matmul_rate(torch.device("cpu"), "tf32", seconds=0.01) > 0
+    assert torch.backends.cuda.matmul.allow_tf32 == before
