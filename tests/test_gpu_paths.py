@@ -272,3 +272,18 @@ def test_the_tf32_floor_restores_the_matmul_setting():
     before = torch.backends.cuda.matmul.allow_tf32
     assert prof.matmul_rate(torch.device("cpu"), "tf32", seconds=0.01) > 0
     assert torch.backends.cuda.matmul.allow_tf32 == before
+
+
+def test_run_records_name_a_fallback_to_eager_in_any_run(synthetic, tmp_path):
+    import json
+
+    from hlb_utils import runs
+
+    first = train.train(tiny_cfg(epochs=1), synthetic, verbose=False)
+    second = train.train(tiny_cfg(epochs=1, seed=1), synthetic, verbose=False)
+    first.compile_note, second.compile_note = "compiled (default)", "compiled (default); fell back to eager part-way"
+    out = runs.write_records(runs.RunsResult(first.config, [first, second]), tmp_path)
+    assert json.loads((out / "summary.json").read_text())["compile"] == \
+        "compiled (default) | compiled (default); fell back to eager part-way"
+    assert list(runs.RunsResult(first.config, [first, second]).table["compile"]) == \
+        [first.compile_note, second.compile_note]
