@@ -1,11 +1,13 @@
 """What train() does differently on a GPU, checked on the CPU.
 
 CUDA is simulated where a choice depends on it (torch.cuda's answers are monkeypatched, or the one
-function that asks is); everything that runs, runs on the CPU (`device="cpu"` is pinned).
+function that asks is); everything that runs, runs on the CPU (`device="cpu"` is pinned), except one
+timed loop on the "meta" device, which stands in for a GPU's memory (shapes, no data).
 """
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 import types
 from pathlib import Path
@@ -16,7 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from hlb_utils import device as dev
-from hlb_utils import loader, model, notebook, optim, train
+from hlb_utils import loader, model, notebook, optim, runs, train
 from hlb_utils.config import get_profile
 
 from test_device import simulate_gpu
@@ -275,10 +277,6 @@ def test_the_tf32_floor_restores_the_matmul_setting():
 
 
 def test_run_records_name_a_fallback_to_eager_in_any_run(synthetic, tmp_path):
-    import json
-
-    from hlb_utils import runs
-
     first = train.train(tiny_cfg(epochs=1), synthetic, verbose=False)
     second = train.train(tiny_cfg(epochs=1, seed=1), synthetic, verbose=False)
     first.compile_note, second.compile_note = "compiled (default)", "compiled (default); fell back to eager part-way"
