@@ -11,7 +11,8 @@ torch.profiler, and prints (and writes as CSV under --out):
 
 - summary.csv: the run's own timer (clean and profiled), how much of the timed training the device was
   busy, the training FLOPs (`hlb_utils.model.run_flops`), this machine's measured dense-matmul rate in the
-  run's precision, and the FLOP floor = FLOPs / that rate: the time a perfect implementation would need.
+  precision the run's convolutions use (TF32 in an fp32 run on an A100 or newer GPU), and the FLOP
+  floor = FLOPs / that rate: the time a perfect implementation would need.
 - phases.csv: host and device milliseconds of each named region of the training code
   (`hlb_utils.device.region`: hlb:augment, hlb:forward_backward, hlb:optimizer, ...). Backward kernels
   run on autograd's own thread on a GPU, so they appear as "backward (autograd's thread)".
@@ -29,6 +30,7 @@ import shutil
 import sys
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -58,19 +60,41 @@ KINDS = (
 )
 
 
-def matmul_rate(device: torch.device, dtype: torch.dtype, seconds: float = 0.5) -> float:
-    """Dense matmul FLOP/s measured here, in `dtype`: the pace no training step can beat on this machine."""
+def conv_precision(device: torch.device, precision: str) -> str:
+    """The precision the run's convolutions really compute in: in an fp32 run on an Ampere or newer
+    GPU, cuDNN runs them in TF32 (its default), while matmuls stay strict fp32 unless asked."""
+    if (precision == "fp32" and device.type == "cuda" and torch.backends.cudnn.allow_tf32
+            and torch.cuda.get_device_capability(device)[0] >= 8):
+        return "tf32"
+    return precision
+
+
+@contextmanager
+def _tf32_matmuls(enabled: bool):
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def matmul_rate(device: torch.device, precision: str, seconds: float = 0.5) -> float:
+    """Dense matmul FLOP/s measured here in `precision` ('bf16', 'fp16', 'fp32' or 'tf32', from
+    `conv_precision`): the pace no training step can beat on this machine."""
     n = 8192 if device.type == "cuda" else 1024
+    dtype = torch.float32 if precision == "tf32" else DTYPES[precision]
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-    (a @ b).sum().item()   # warm up (library choice, clocks)
-    start = time.perf_counter()
-    a @ b
-    synchronize(device)
-    reps = max(3, int(seconds / max(time.perf_counter() - start, 1e-6)))
-    start = time.perf_counter()
-    for _ in range(reps):
+    with _tf32_matmuls(precision == "tf32"):
+        (a @ b).sum().item()   # warm up (library choice, clocks)
+        start = time.perf_counter()
         a @ b
-    synchronize(device)
+        synchronize(device)
+        reps = max(3, int(seconds / max(time.perf_counter() - start, 1e-6)))
+        start = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        synchronize(device)
     return 2 * n ** 3 * reps / (time.perf_counter() - start)
 
 
@@ -169,7 +193,10 @@ def profile_once(cfg, data, trace: Path | None = None) -> tuple[dict, pd.DataFra
     return figures, phases, kernels.sort_values("ms", ascending=False, ignore_index=True)
 
 
-def summarise(cfg, clean_seconds: float, figures: dict, rate: float, data_source: str) -> pd.DataFrame:
+def summarise(cfg, clean_seconds: float, figures: dict, rate: float, data_source: str,
+              rate_precision: str | None = None) -> pd.DataFrame:
+    """The summary table; `rate_precision` names what the matmul rate was timed in (the convs' precision)."""
+    rate_precision = rate_precision or figures["precision"]
     flops = run_flops(cfg)["train_pflops"] * 1e15
     timed = figures["profiled_train_seconds"]
     busy = figures["device_busy_seconds"]
@@ -182,7 +209,7 @@ def summarise(cfg, clean_seconds: float, figures: dict, rate: float, data_source
         ("device busy during timed training, seconds", round(busy, 4)),
         ("device idle share of the profiled training", round(1 - busy / timed, 3) if busy == busy else "n/a on CPU"),
         ("training TFLOPs (convs and matmuls, forward + backward)", round(flops / 1e12, 2)),
-        (f"measured dense matmul rate, TFLOP/s ({figures['precision']})", round(rate / 1e12, 2)),
+        (f"measured dense matmul rate, TFLOP/s ({rate_precision}, the convs' precision)", round(rate / 1e12, 2)),
         ("FLOP floor seconds (TFLOPs / that rate)", round(flops / rate, 4)),
         ("clean train seconds / FLOP floor", round(clean_seconds / (flops / rate), 2)),
     ]
@@ -222,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
     figures, phases, kernels = profile_once(cfg, data, args.out / "trace.json.gz" if args.trace else None)
     device = pick_device(cfg.device)
-    summary = summarise(cfg, clean, figures, matmul_rate(device, DTYPES[figures["precision"]]), data.source)
+    floor_precision = conv_precision(device, figures["precision"])
+    summary = summarise(cfg, clean, figures, matmul_rate(device, floor_precision), data.source, floor_precision)
     kernels["kind"] = [kind_of(name) for name in kernels["name"]]
     categories = kernels.groupby("kind", as_index=False)[["calls", "ms"]].sum().sort_values("ms", ascending=False)
     what = "device kernels" if device.type == "cuda" else "host operators (self time)"

@@ -6,6 +6,8 @@ each choice falls back to what the machine supports: bf16 where the GPU has it, 
 """
 from __future__ import annotations
 
+import re
+import sys
 import time
 import warnings
 from contextlib import nullcontext
@@ -16,18 +18,71 @@ from torch import nn
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """'auto' prefers CUDA, then Apple MPS, then the CPU. Asking for a missing device is an error."""
+    """'auto' prefers CUDA, then Apple MPS, then the CPU. Asking for a missing device is an error,
+    and so is a GPU that this torch build has no kernels for (see `check_cuda_arch`)."""
     if name == "auto":
         if torch.cuda.is_available():
+            check_cuda_arch()
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was asked for, but torch sees no CUDA GPU; use device='auto' or 'cpu'")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("device='cuda' was asked for, but torch sees no CUDA GPU; use device='auto' or 'cpu'")
+        check_cuda_arch()
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise RuntimeError("device='mps' was asked for, but this machine has no Apple MPS; use 'auto' or 'cpu'")
     return torch.device(name)
+
+
+def _arch_entries(prefix: str) -> list[tuple[int, int, str]]:
+    """(major, minor, suffix) of the arch list's entries like 'sm_90a' or 'compute_75'."""
+    found = []
+    for entry in torch.cuda.get_arch_list():
+        match = re.fullmatch(rf"{prefix}_(\d+)(\d)([a-z]?)", entry)
+        if match:
+            found.append((int(match[1]), int(match[2]), match[3]))
+    return found
+
+
+def cuda_arch_supported(capability: tuple[int, int]) -> bool:
+    """Can this torch build run on a GPU of this compute capability?
+
+    A wheel carries machine code (sm_XY) for some GPU generations: it runs on GPUs of the same major
+    version and an equal or higher minor one ('a' entries, like sm_90a, only on exactly X.Y). It may
+    also carry PTX (compute_XY), which the driver compiles for any newer GPU on first use.
+    """
+    major, minor = capability
+    binary = any(x == major and (y == minor or (y < minor and not suffix))
+                 for x, y, suffix in _arch_entries("sm"))
+    ptx = any((x, y) <= (major, minor) for x, y, _ in _arch_entries("compute"))
+    return binary or ptx
+
+
+def check_cuda_arch(device: torch.device | int | None = None) -> None:
+    """Stop early, with the wheel to install, when torch was built without kernels for this GPU.
+
+    The CUDA 13 wheels, for example, start at sm_75: a V100 (7.0) would otherwise fail at the first
+    convolution with "no kernel image is available". ROCm builds list gfx targets: not checked here.
+    """
+    arches = torch.cuda.get_arch_list()
+    if torch.version.hip or not any(a.startswith(("sm_", "compute_")) for a in arches):
+        return
+    capability = tuple(torch.cuda.get_device_capability(device))
+    if cuda_arch_supported(capability):
+        return
+    lowest = min((x, y) for x, y, _ in _arch_entries("sm") + _arch_entries("compute"))
+    if capability < lowest:
+        # CUDA 12.6 builds still carry kernels for 5.0 to 9.0 GPUs (Maxwell to Hopper).
+        advice = ("install a torch build for CUDA 12.6: pip install torch torchvision "
+                  "--index-url https://download.pytorch.org/whl/cu126")
+    else:
+        advice = "install a newer torch, built for a newer CUDA (see https://pytorch.org/get-started/locally/)"
+    name = torch.cuda.get_device_name(device)
+    raise RuntimeError(f"this torch ({torch.__version__}, CUDA {torch.version.cuda}) has no kernels for "
+                       f"{name} (compute capability {capability[0]}.{capability[1]}; it was built for "
+                       f"{' '.join(arches)}): {advice}")
 
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -35,13 +90,16 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 
 def pick_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
-    """Compute precision: 'auto' is bf16 on CUDA GPUs that have it, fp16 on older ones, fp32 elsewhere."""
+    """Compute precision: 'auto' is bf16 on CUDA GPUs of capability 8.0 and up (A100, L4, H100...),
+    fp16 on older ones (T4, V100), fp32 elsewhere."""
     if name != "auto":
         if device.type == "cpu" and name == "fp16":
             raise ValueError("dtype='fp16' is too slow or unsupported on the CPU; use 'fp32' or 'auto'")
         return DTYPES[name]
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # Not torch.cuda.is_bf16_supported(): it also says yes on 7.x GPUs (T4, V100), where bf16 is
+        # only emulated: cuDNN's bf16 convolutions and inductor's bf16 kernels need capability 8.0.
+        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
     return torch.float32
 
 
@@ -66,6 +124,33 @@ def device_name(device: torch.device) -> str:
     return device.type
 
 
+def describe(device: torch.device) -> str:
+    """'cuda (Tesla T4, capability 7.5)', or 'cpu' / 'mps': what a notebook's set-up cell prints."""
+    if device.type != "cuda":
+        return device.type
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"cuda ({device_name(device)}, capability {major}.{minor})"
+
+
+def compile_choice(enabled: bool, device: torch.device, mode: str = "max-autotune") -> tuple[str | None, str]:
+    """The torch.compile mode this machine gets (None: no compile) and a one-line note saying why.
+
+    max-autotune warns "not enough SMs" on small GPUs (a T4 has 40, an L4 58); a plain compile still
+    helps there, so they get mode 'default'.
+    """
+    if not enabled:
+        return None, "off"
+    if device.type != "cuda":
+        return None, f"compile skipped on {device.type} (only CUDA is supported here)"
+    try:
+        import triton  # noqa: F401  (no Triton, e.g. on Windows: no compile)
+    except ImportError:
+        return None, "compile skipped: Triton is not installed"
+    if mode.startswith("max-autotune") and torch.cuda.get_device_properties(device).multi_processor_count < 68:
+        mode = "default"
+    return mode, f"compiled ({mode})"
+
+
 def maybe_compile(model: nn.Module, enabled: bool, device: torch.device,
                   mode: str = "max-autotune") -> tuple[Callable, str]:
     """torch.compile the model where it can work, else return it unchanged with a one-line reason.
@@ -74,23 +159,23 @@ def maybe_compile(model: nn.Module, enabled: bool, device: torch.device,
     and reports it as compile time, never as training time; if that first call fails, the trainer
     goes on uncompiled.
     """
-    if not enabled:
-        return model, "off"
-    if device.type != "cuda":
-        return model, f"compile skipped on {device.type} (only CUDA is supported here)"
+    mode, note = compile_choice(enabled, device, mode)
+    if mode is None:
+        return model, note
     try:
-        import triton  # noqa: F401  (no Triton, e.g. on Windows: no compile)
-    except ImportError:
-        return model, "compile skipped: Triton is not installed"
-    props = torch.cuda.get_device_properties(device)
-    # max-autotune warns "not enough SMs" on small GPUs (a T4 has 40); a plain compile still helps there.
-    if mode.startswith("max-autotune") and props.multi_processor_count < 68:
-        mode = "default"
-    try:
-        return compile_model(model, mode), f"compiled ({mode})"
+        return compile_model(model, mode), note
     except Exception as err:  # pragma: no cover - depends on the platform
         warnings.warn(f"torch.compile failed, training uncompiled: {err}")
         return model, f"compile failed: {type(err).__name__}"
+
+
+def needs_warm_up(device: torch.device) -> bool:
+    """Whether the first steps on this device carry one-off costs that must stay out of the timer.
+
+    On CUDA they do, compiled or not: cuDNN's benchmark mode times its algorithms on the first call
+    of each shape, and kernels (the optimisers' too) load lazily on first use.
+    """
+    return device.type == "cuda"
 
 
 def region(name: str) -> ContextManager:
@@ -102,11 +187,50 @@ def region(name: str) -> ContextManager:
     return torch.profiler.record_function(name) if torch.autograd._profiler_enabled() else nullcontext()
 
 
-def compile_model(model: nn.Module, mode: str = "default") -> Callable:
+# Compiled variants allowed per function (torch's default is 8). All our nets share one `forward`, and
+# one net needs several: each image size, training and evaluation, each precision of an ablation.
+RECOMPILE_LIMIT = 64
+_compiled_last = {"signature": None, "gave_up": 0}
+
+
+def compile_model(model: nn.Module, mode: str = "default", backend: str = "inductor") -> Callable:
     """torch.compile as the trainer uses it, with static shapes: each image size (full, and the small
     one of progressive resizing) gets its own graph, compiled in the warm-up, instead of one slower
-    graph for every size that torch would otherwise switch to when it sees a second size."""
+    graph for every size that torch would otherwise switch to when it sees a second size.
+
+    A net shaped like the last one compiled reuses its code; a differently shaped one (notebook 05's
+    ablation) starts from a fresh compiler cache, so that no net inherits a full recompile budget and
+    silently runs eager. `backend='eager'` only traces (tests on the CPU).
+    """
+    signature = _signature(model)
+    if signature != _compiled_last["signature"] or dynamo_gave_up() > _compiled_last["gave_up"]:
+        torch._dynamo.reset()
+        _compiled_last.update(signature=signature, gave_up=dynamo_gave_up())
+    config = torch._dynamo.config
+    # torch < 2.6 calls the limit cache_size_limit
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
+    if backend != "inductor":
+        return torch.compile(model, backend=backend, dynamic=False)
     return torch.compile(model, mode=mode, dynamic=False)
+
+
+def _signature(model: nn.Module) -> tuple:
+    """What makes dynamo compile a net afresh: its class, and each tensor's name, shape, dtype,
+    strides (memory format) and requires_grad."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    return (type(model).__qualname__,
+            tuple((name, tuple(t.shape), t.dtype, t.stride(), t.requires_grad) for name, t in tensors))
+
+
+def dynamo_gave_up() -> int:
+    """How many times, in this process, torch.compile gave up on a function and ran it eager
+    (recompile limit reached, or an error while tracing)."""
+    if "torch._dynamo" not in sys.modules:
+        return 0
+    from torch._dynamo.utils import counters
+
+    return counters["frames"]["total"] - counters["frames"]["ok"]
 
 
 def synchronize(device: torch.device) -> None:

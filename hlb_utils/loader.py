@@ -68,6 +68,14 @@ def crop_at(x_padded: torch.Tensor, size: int, dy: torch.Tensor, dx: torch.Tenso
     The group sizes are worked out on the CPU, so a GPU never waits for the host. When the keys come
     sorted (as DeviceLoader arranges) every group lands in place, with no reordering pass.
     """
+    return _apply_crops(x_padded, size, _plan_crops(x_padded, size, dy, dx, index, flip))
+
+
+def _plan_crops(x_padded: torch.Tensor, size: int, dy: torch.Tensor, dx: torch.Tensor,
+                index: torch.Tensor | None = None, flip: torch.Tensor | None = None) -> tuple:
+    """crop_at's host half: the groups, (corner, mirrored, count) each, and the source rows (and the
+    inverse order, when the keys came unsorted) already on x_padded's device. DeviceLoader makes an
+    epoch's plans before the training clock starts, so that no timed step waits for a copy."""
     n, span = len(dy), x_padded.shape[-1] - size + 1
     dy, dx = dy.cpu().long(), dx.cpu().long()
     if n and not (0 <= min(dy.min(), dx.min()) and max(dy.max(), dx.max()) < span):
@@ -77,11 +85,22 @@ def crop_at(x_padded: torch.Tensor, size: int, dy: torch.Tensor, dx: torch.Tenso
     flip = torch.zeros(n, dtype=torch.bool) if flip is None else flip.cpu()
     key = (dy * span + dx) * 2 + flip.long()
     order = torch.argsort(key, stable=True)
-    sources = index[order].to(x_padded.device)
-    out = x_padded.new_empty((n, x_padded.shape[1], size, size))
+    groups = [(divmod(k // 2, span), k % 2, count)
+              for k, count in zip(*(t.tolist() for t in torch.unique_consecutive(key[order], return_counts=True)))]
+    inverse = None
+    if not bool((order == torch.arange(n)).all()):
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(n)
+        inverse = inverse.to(x_padded.device)
+    return groups, index[order].to(x_padded.device), inverse
+
+
+def _apply_crops(x_padded: torch.Tensor, size: int, plan: tuple) -> torch.Tensor:
+    """crop_at's device half: only kernels, no copy from the host."""
+    groups, sources, inverse = plan
+    out = x_padded.new_empty((len(sources), x_padded.shape[1], size, size))
     start = 0
-    for k, count in zip(*(t.tolist() for t in torch.unique_consecutive(key[order], return_counts=True))):
-        (y, x), mirrored = divmod(k // 2, span), k % 2
+    for (y, x), mirrored, count in groups:
         view = x_padded[:, :, y:y + size, x:x + size]
         rows, part = sources[start:start + count], out[start:start + count]
         if mirrored:
@@ -89,11 +108,7 @@ def crop_at(x_padded: torch.Tensor, size: int, dy: torch.Tensor, dx: torch.Tenso
         else:
             torch.index_select(view, 0, rows, out=part)
         start += count
-    if bool((order == torch.arange(n)).all()):
-        return out
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(n)
-    return out.index_select(0, inverse.to(out.device))
+    return out if inverse is None else out.index_select(0, inverse)
 
 
 def random_crop(x_padded: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -213,9 +228,9 @@ class DeviceLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         with region("hlb:augment_plan"):
-            state, plan = self._state(), self._plan()
+            state, chunks = self._state(), self._chunks(*self._plan())
         self.epoch += 1
-        return self._batches(state, *plan)
+        return self._batches(state, chunks)
 
     def _plan(self) -> tuple:
         """The epoch's random choices, on the CPU: order, offsets, flips, cutout corners."""
@@ -241,19 +256,30 @@ class DeviceLoader:
         order = order[torch.argsort(key, stable=True)]
         return order, dy, dx, flips, corners
 
-    def _batches(self, state, order, dy, dx, flips, corners) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _chunks(self, order, dy, dx, flips, corners) -> list[tuple]:
+        """Everything the epoch's kernels need, worked out on the host and copied to the device at
+        `iter(loader)`: the trainer calls it before its clock starts, so no timed step waits for a copy."""
         size = self._padded.shape[-1] - 2 * self._pad
         chunk = max(1, len(order)) if self._whole_epoch else self.batch_size
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        chunks = []
         for start in range(0, len(order), chunk):
+            idx = order[start:start + chunk]
+            crops = _plan_crops(self._padded, size, dy[idx], dx[idx], index=idx,
+                                flip=None if flips is None else flips[idx])
+            cut = None if corners is None else [c[idx].to(self.device) for c in corners]
+            chunks.append((crops, cut, idx.to(self.device)))
+        return chunks
+
+    def _batches(self, state, chunks) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        size = self._padded.shape[-1] - 2 * self._pad
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        for crops, cut, idx in chunks:
             with region("hlb:augment"):
-                idx = order[start:start + chunk]
-                x = crop_at(self._padded, size, dy[idx], dx[idx], index=idx,
-                            flip=None if flips is None else flips[idx])
-                if corners is not None:
-                    x = cutout_at(x, self.cutout, corners[0][idx], corners[1][idx])
+                x = _apply_crops(self._padded, size, crops)
+                if cut is not None:
+                    x = cutout_at(x, self.cutout, *cut)
                 x = x.contiguous(memory_format=memory_format)
-                y = self.labels[idx.to(self.device)]
+                y = self.labels[idx]
             for b in range(0, len(idx), self.batch_size):
                 if self._state() != state:
                     raise RuntimeError("DeviceLoader settings changed (or reset() was called) during an epoch; "

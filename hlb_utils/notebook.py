@@ -68,15 +68,21 @@ def colab_badge(notebook_name: str) -> str:
     return f"[![Open In Colab]({COLAB_BADGE_SVG})]({colab_url(notebook_name)})"
 
 
-def _device_line() -> str:
-    from hlb_utils import device
+def _machine_lines(profile: str) -> dict:
+    """What a run of this profile will use here: device, precision and compile mode."""
+    from hlb_utils import config, device
 
-    found = device.pick_device("auto")
-    return f"cuda ({device.device_name(found)})" if found.type == "cuda" else found.type
+    cfg = config.get_profile(profile)
+    found = device.pick_device(cfg.device)
+    _, compile_note = device.compile_choice(cfg.compile, found, cfg.compile_mode)
+    return {"device": device.describe(found),
+            "precision": device.dtype_name(device.pick_dtype(found, cfg.dtype)),
+            "compile": compile_note.replace("compiled (", "compile (")}
 
 
 def setup(profile: str | None = None) -> dict:
-    """Say where this notebook runs: profile, device, torch and data source; returns them as a dict.
+    """Say where this notebook runs and how: profile, device (with a GPU's compute capability),
+    precision, compile mode, torch and data source; returns them as a dict.
 
     The profile follows `profile`, else `HLB_PROFILE`, else 'auto' (full on CUDA, cpu elsewhere);
     the data follows `HLB_DATA`. In Jupyter it also switches on inline figures, so that a cell
@@ -86,9 +92,10 @@ def setup(profile: str | None = None) -> dict:
 
     from hlb_utils import config
 
+    name = config.resolve_profile(profile)
     info = {
-        "profile": config.resolve_profile(profile),
-        "device": _device_line(),
+        "profile": name,
+        **_machine_lines(name),
         "torch": torch.__version__,
         "hlb_utils": hlb_utils.__version__,
         "data": os.environ.get("HLB_DATA") or "(default: see hu.data.load_cifar10)",

@@ -246,7 +246,7 @@ def _group(name: str, params: list, lr: float, wd: float) -> dict:
     return dict(params=params, lr=lr, initial_lr=lr, name=name, weight_decay=wd / lr if lr > 0 else 0.0)
 
 
-def make_optimizers(net: nn.Module, cfg) -> list[torch.optim.Optimizer]:
+def make_optimizers(net: nn.Module, cfg, dtype: torch.dtype | None = None) -> list[torch.optim.Optimizer]:
     """The optimisers `cfg` asks for, each group tagged with `name` and `initial_lr` (used by `train.train`).
 
     'muon': Muon on the filters; Nesterov SGD on 'whiten_bias', 'norm_biases' and 'other' (bias_lr)
@@ -255,6 +255,8 @@ def make_optimizers(net: nn.Module, cfg) -> list[torch.optim.Optimizer]:
     as in airbench it is PyTorch's coupled L2 term, so it also flows through momentum.
     The trainer sets group['lr'] = group['initial_lr'] * lr_multiplier(...) each step, and sets
     the 'whiten_bias' group's lr on its own clock: linearly down to 0 over cfg.whiten_bias_epochs.
+    `dtype` is the run's precision (`device.pick_dtype` of cfg.dtype): Muon's Newton-Schulz runs in it,
+    so a "fp32" run orthogonalises in fp32 too (None: the device's default precision).
     """
     parts, wd = split_params(net), cfg.weight_decay * cfg.batch_size
     sgd_groups = [_group("whiten_bias", parts["whiten_bias"], cfg.bias_lr, wd),
@@ -263,7 +265,7 @@ def make_optimizers(net: nn.Module, cfg) -> list[torch.optim.Optimizer]:
     if cfg.optimizer == "muon":
         sgd_groups.append(_group("other", parts["other"], cfg.bias_lr, wd))
         filters = dict(params=parts["filters"], lr=cfg.lr, initial_lr=cfg.lr, name="filters")
-        optimizers = [Muon([filters], lr=cfg.lr, momentum=cfg.momentum, ns_steps=cfg.ns_steps)]
+        optimizers = [Muon([filters], lr=cfg.lr, momentum=cfg.momentum, ns_steps=cfg.ns_steps, dtype=dtype)]
     elif cfg.optimizer == "sgd":
         sgd_groups.append(_group("filters", parts["filters"] + parts["other"], cfg.lr, wd))
         optimizers = []

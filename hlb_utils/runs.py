@@ -41,7 +41,7 @@ class RunsResult:
         return pd.DataFrame([dict(run=i, seed=r.config.seed, test_accuracy=r.test_accuracy,
                                   train_seconds=r.train_seconds, compile_seconds=r.compile_seconds,
                                   init_seconds=r.init_seconds, tta_seconds=r.tta_seconds,
-                                  peak_memory_mb=r.peak_memory_mb)
+                                  peak_memory_mb=r.peak_memory_mb, compile=r.compile_note)
                              for i, r in enumerate(self.results)])
 
     @property
@@ -106,7 +106,9 @@ def write_records(result: TrainResult | RunsResult, out_dir, data_source: str = 
         wall_seconds=wall_seconds if wall_seconds is not None else sum(r.wall_seconds for r in runs.results),
         epochs=runs.config.epochs, runs=len(runs.results), warmup_runs=len(runs.warmup_seconds),
         warmup_wall_seconds=runs.warmup_seconds,
-        device=first.device, precision=first.precision, compile=first.compile_note,
+        device=first.device, precision=first.precision,
+        # every distinct note, so that a run that fell back to eager shows even when the first did not
+        compile=" | ".join(dict.fromkeys(r.compile_note for r in runs.results)),
         torch=torch.__version__, data=str(data_source),
         seed=runs.config.seed, peak_memory_mb=max((r.peak_memory_mb or 0) for r in runs.results),
         interrupted=any(r.interrupted for r in runs.results),

@@ -11,12 +11,14 @@ Command line (for headless runs and the GPU benchmark), in hlb_utils/cli.py:
 """
 from __future__ import annotations
 
+import copy
 import math
 import resource
 import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 import pandas as pd
@@ -26,8 +28,8 @@ from torch import nn
 
 from . import data as data_mod
 from .config import TrainConfig, get_profile
-from .device import (Timer, device_name, dtype_name, maybe_compile, pick_device, pick_dtype, region,
-                     synchronize, use_channels_last)
+from .device import (Timer, device_name, dtype_name, dynamo_gave_up, maybe_compile, needs_warm_up, pick_device,
+                     pick_dtype, region, synchronize, use_channels_last)
 from .evaluate import evaluate, memory_format_of
 from .loader import DeviceLoader
 from .model import init_whitening, make_net
@@ -57,7 +59,7 @@ class TrainResult:
     history: pd.DataFrame
     test_accuracy: float          # final accuracy with the config's TTA, 0..1 (NaN if interrupted early)
     train_seconds: float          # training steps only (see module docstring)
-    compile_seconds: float = 0.0  # compile + warm-up, never inside train_seconds
+    compile_seconds: float = 0.0  # compile + warm-up (every CUDA run), never inside train_seconds
     init_seconds: float = 0.0     # whitening initialisation
     tta_seconds: float = 0.0      # the final evaluation with TTA
     wall_seconds: float = 0.0     # the whole call, loading and evaluation included
@@ -115,26 +117,70 @@ def _optimizers(factory: OptimizerFactory, net: nn.Module, cfg: TrainConfig) -> 
 
 
 def _warm_up(run: "_Run", batch) -> float:
-    """Compile before the clock starts: two training steps at each image size the run will see and one
-    evaluation-mode call (the graphs a run needs), then restore the weights and BatchNorm statistics
-    they touched."""
+    """Pay the one-off costs before the clock starts: compilation, cuDNN's search for the fastest
+    algorithms, the lazy loading of kernels (the optimisers' too). Two real training steps at each
+    image size the run will see and one evaluation-mode call, then every weight, buffer, optimiser
+    state and lr is put back, so the run trains exactly as if none of this had happened."""
     net, (x, y) = run.net, batch
     sizes = [x] + ([shrink(x, run.cfg.low_res)] if run.low_res_steps else [])
-    saved = {k: v.clone() for k, v in net.state_dict().items()}
+    saved = _snapshot(net, run.optimizers)
     start = time.perf_counter()
     try:
         with region("hlb:compile_warmup"):
             for images in sizes:
                 for _ in range(2):
-                    run.step(images, y, update=False)
+                    run.step(images, y)
             net.eval()
             with torch.no_grad(), run.precision(x):
                 run.compiled(x)
             synchronize(x.device)
     finally:
         net.train()
-        net.load_state_dict(saved)
+        _restore(net, run.optimizers, saved)
     return time.perf_counter() - start
+
+
+def _snapshot(net: nn.Module, optimizers) -> dict:
+    """Copies of the weights, buffers and optimiser states (momentum buffers, step counts, lrs)."""
+    return dict(net={k: v.clone() for k, v in net.state_dict().items()},
+                optimizers=[copy.deepcopy(opt.state_dict()) for opt in optimizers])
+
+
+def _restore(net: nn.Module, optimizers, saved: dict) -> None:
+    net.load_state_dict(saved["net"])
+    for opt, state in zip(optimizers, saved["optimizers"]):
+        opt.load_state_dict(state)
+
+
+def _prepare(run: "_Run", note: str) -> tuple[float, str]:
+    """Warm up where it pays (every CUDA run, every compiled one); returns (seconds, compile note).
+
+    Compilation is lazy: a backend that cannot build the net fails here, and the run goes on
+    uncompiled (warmed up again, uncompiled, on a GPU).
+    """
+    if run.compiled is run.net and not needs_warm_up(run.device):
+        return 0.0, note
+    try:
+        return _warm_up(run, next(iter(run.train_loader))), note
+    except Exception as err:
+        if run.compiled is run.net or isinstance(err, torch.cuda.OutOfMemoryError):
+            raise
+        warnings.warn(f"torch.compile failed on the first step ({type(err).__name__}: "
+                      f"{str(err).splitlines()[0] if str(err) else ''}); training uncompiled")
+        run.compiled = run.net
+        note = f"compile failed: {type(err).__name__}; trained uncompiled"
+    finally:
+        run.train_loader.reset()
+    return _prepare(run, note)
+
+
+def _check_compiled(run: "_Run", note: str, gave_up_before: int) -> str:
+    """The compile note, amended when torch.compile gave up during the run and ran (part of) it eager."""
+    if run.compiled is run.net or dynamo_gave_up() == gave_up_before:
+        return note
+    warnings.warn("torch.compile gave up part-way through this run (recompile limit or tracing error) "
+                  "and ran the rest eager; TORCH_LOGS=recompiles tells why")
+    return f"{note}; fell back to eager part-way"
 
 
 def shrink(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -191,31 +237,22 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
         with region("hlb:whiten_init"):
             init_whitening(net, train_loader.images[pick.to(device)])
     init_seconds = time.perf_counter() - init_start
-    optimizers = _optimizers(make_optimizers or optim_mod.make_optimizers, net, cfg)
+    # ours runs Newton-Schulz in the run's precision
+    optimizers = _optimizers(make_optimizers or partial(optim_mod.make_optimizers, dtype=dtype), net, cfg)
     compiled, compile_note = maybe_compile(net, cfg.compile, device, cfg.compile_mode)
     autocast = dtype if dtype != torch.float32 else None
     run = _Run(cfg, net, compiled, optimizers, train_loader, test_loader, device, autocast, verbose)
     if loss_fn is not None:
         run.loss_fn = loss_fn
-    compile_seconds = 0.0
-    if compiled is not net:
-        try:
-            compile_seconds = _warm_up(run, next(iter(train_loader)))
-        except Exception as err:  # compilation is lazy: a backend that cannot build the net fails here
-            if isinstance(err, torch.cuda.OutOfMemoryError):
-                raise
-            warnings.warn(f"torch.compile failed on the first step ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0] if str(err) else ''}); training uncompiled")
-            run.compiled = compiled = net
-            compile_note = f"compile failed: {type(err).__name__}; trained uncompiled"
-        train_loader.reset()
+    gave_up = dynamo_gave_up()
+    compile_seconds, compile_note = _prepare(run, compile_note)
     if verbose and compile_note != "off":
         print(f"torch.compile: {compile_note}" + (f" ({compile_seconds:.1f} s warm-up, not timed)"
                                                    if compile_seconds else ""))
     history, interrupted = run.loop()
     if run.lookahead is not None and not interrupted:
         run.lookahead.finish()  # leave the net at the slow weights, as airbench94 does
-    final_net = run.ema.model if run.ema is not None else compiled
+    final_net = run.ema.model if run.ema is not None else run.compiled
     tta_start = time.perf_counter()
     acc = math.nan
     if not interrupted or history:
@@ -225,6 +262,7 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
             history[-1]["tta_acc"] = acc
             run.table.update_last(history[-1])
     tta_seconds = time.perf_counter() - tta_start
+    compile_note = _check_compiled(run, compile_note, gave_up)
     frame = pd.DataFrame(history, columns=COLUMNS + ["lr"])
     if verbose:
         print(f"final test accuracy (TTA {cfg.tta}): {acc:.4f}   training: {run.timer.total:.2f} s")
@@ -302,9 +340,11 @@ class _Run:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen, lr = 0, 0.0
+        # The loader plans the epoch and copies its indices to the device here, before the clock starts.
+        batches = iter(self.train_loader)
         self.timer.start()
         with region("hlb:train_epoch"):   # the timed part, for benchmarks/profile_run.py
-            for x, y in self.train_loader:
+            for x, y in batches:
                 if step >= self.total_steps:
                     break
                 lr = _set_lrs(self.optimizers, self.cfg, step, self.total_steps, self.whiten_steps)

@@ -14,7 +14,8 @@ from hlb_utils.config import TrainConfig, get_profile
 from hlb_utils.device import compile_model
 
 # A tiny config for the synthetic data: seconds, not minutes.
-TINY = dict(widths=(8, 16, 16), batch_size=100, epochs=2, tta="flip", eval_every=1, whiten_bias_epochs=1.0)
+TINY = dict(widths=(8, 16, 16), batch_size=100, epochs=2, tta="flip", eval_every=1, whiten_bias_epochs=1.0,
+            device="cpu")   # pinned: these tests assert CPU behaviour, on GPU machines too
 
 
 def tiny_cfg(**changes):

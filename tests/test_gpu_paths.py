@@ -1,0 +1,287 @@
+"""What train() does differently on a GPU, checked on the CPU.
+
+CUDA is simulated where a choice depends on it (torch.cuda's answers are monkeypatched, or the one
+function that asks is); everything that runs, runs on the CPU (`device="cpu"` is pinned), except one
+timed loop on the "meta" device, which stands in for a GPU's memory (shapes, no data).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from hlb_utils import device as dev
+from hlb_utils import loader, model, notebook, optim, runs, train
+from hlb_utils.config import get_profile
+
+from test_device import simulate_gpu
+
+TINY = dict(widths=(8, 16, 16), batch_size=100, epochs=2, tta="flip", eval_every=1, whiten_bias_epochs=1.0,
+            device="cpu")
+
+
+def tiny_cfg(**changes):
+    return get_profile("quick", **{**TINY, **changes})
+
+
+def spy_on_newton_schulz(monkeypatch) -> list:
+    """Record the dtype each Newton-Schulz call of Muon runs in."""
+    seen, real = [], optim.newton_schulz
+
+    def recording(G, steps=3, dtype=None):
+        out = real(G, steps, dtype)
+        seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(optim, "newton_schulz", recording)
+    return seen
+
+
+@pytest.mark.parametrize("gpu, setting, expected", [
+    ("T4", "auto", torch.float16), ("T4", "fp32", torch.float32), ("A100", "auto", torch.bfloat16),
+    ("A100", "fp16", torch.float16), ("A100", "fp32", torch.float32)])
+def test_newton_schulz_runs_in_the_configs_precision(monkeypatch, gpu, setting, expected):
+    # The precision is resolved for a simulated GPU; the optimiser then steps a CPU net with it.
+    simulate_gpu(monkeypatch, gpu)
+    cfg = tiny_cfg(dtype=setting)
+    dtype = dev.pick_dtype(torch.device("cuda"), cfg.dtype)
+    seen = spy_on_newton_schulz(monkeypatch)
+    net = model.make_net(cfg)
+    muon = optim.make_optimizers(net, cfg, dtype)[-1]
+    net(torch.randn(4, 3, 32, 32)).square().sum().backward()
+    muon.step()
+    assert seen and set(seen) == {expected}
+
+
+@pytest.mark.parametrize("setting, expected", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_train_hands_its_precision_to_muon(synthetic, monkeypatch, setting, expected):
+    seen = spy_on_newton_schulz(monkeypatch)
+    result = train.train(tiny_cfg(dtype=setting, epochs=1), synthetic, verbose=False)
+    assert result.precision == setting and seen and set(seen) == {expected}
+
+
+def make_run(cfg, data):
+    """A _Run as train() builds it, on the CPU, uncompiled."""
+    loaders = train.make_loaders(cfg, data, "cpu")
+    torch.manual_seed(cfg.seed)
+    net = model.make_net(cfg)
+    optimizers = optim.make_optimizers(net, cfg, torch.float32)
+    return train._Run(cfg, net, net, optimizers, *loaders, torch.device("cpu"), None, verbose=False)
+
+
+def state_of(run) -> dict:
+    """Every tensor and number the warm-up could touch, copied."""
+    return dict(net={k: v.clone() for k, v in run.net.state_dict().items()},
+                state=[{id(p): {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()}
+                        for p, s in opt.state.items()} for opt in run.optimizers],
+                groups=[[{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+                        for opt in run.optimizers])
+
+
+def test_warm_up_restores_weights_buffers_optimiser_state_and_lrs_bit_for_bit(synthetic):
+    cfg = tiny_cfg(low_res=16, low_res_epochs=1, optimizer="muon")
+    run = make_run(cfg, synthetic)
+    x, y = next(iter(run.train_loader))
+    run.step(x, y)   # momentum buffers exist and BatchNorm has statistics: a non-trivial state
+    train._set_lrs(run.optimizers, cfg, 7, run.total_steps, run.whiten_steps)
+    for opt in run.optimizers:   # a step count, as Adam-like optimisers keep one
+        for p in opt.state:
+            opt.state[p]["step"] = torch.tensor(3.0)
+    before = state_of(run)
+    counts = [v for k, v in before["net"].items() if k.endswith("num_batches_tracked")]
+    assert all(before["state"]) and counts and all(c == 1 for c in counts)
+    train._warm_up(run, (x, y))
+    after = state_of(run)
+    for name, tensor in before["net"].items():
+        assert torch.equal(tensor, after["net"][name]), name
+    for mine, theirs in zip(before["state"], after["state"]):
+        assert mine.keys() == theirs.keys()
+        for pid, s in mine.items():
+            assert all(torch.equal(v, theirs[pid][k]) for k, v in s.items())
+    assert before["groups"] == after["groups"]
+    assert run.net.training
+
+
+def test_warm_up_really_steps_the_optimisers(synthetic, monkeypatch):
+    # The optimisers' first kernels must load in the warm-up, not in the first timed step.
+    run = make_run(tiny_cfg(), synthetic)
+    steps = []
+    for opt in run.optimizers:
+        monkeypatch.setattr(opt, "step", lambda *a, o=opt, real=opt.step: steps.append(type(o).__name__) or real())
+    train._warm_up(run, next(iter(run.train_loader)))
+    assert sorted(set(steps)) == ["Muon", "SGD"] and len(steps) == 4   # two steps, two optimisers
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_a_cuda_run_warms_up_compiled_or_not_and_trains_as_if_it_had_not(synthetic, monkeypatch, compile):
+    assert dev.needs_warm_up(torch.device("cuda")) and not dev.needs_warm_up(torch.device("cpu"))
+    cfg = tiny_cfg(seed=4, compile=compile, low_res=16, low_res_epochs=1)
+    plain = train.train(cfg.replace(compile=False), synthetic, verbose=False)
+    # train() asks device.needs_warm_up about its device: give the answer it gets for a CUDA device.
+    monkeypatch.setattr(train, "needs_warm_up", lambda device: True)
+    if compile:   # the CPU has no compile here: an eager-backend torch.compile stands in
+        monkeypatch.setattr(train, "maybe_compile", lambda net, enabled, device, mode:
+                            (torch.compile(net, backend="eager", dynamic=False), "compiled (eager backend)"))
+    warm_ups = []
+    real = train._warm_up
+    monkeypatch.setattr(train, "_warm_up", lambda run, batch: warm_ups.append(1) or real(run, batch))
+    warm = train.train(cfg, synthetic, verbose=False)
+    assert warm_ups == [1] and warm.compile_seconds > 0
+    cols = ["train_loss", "train_acc", "test_loss", "test_acc"]
+    assert plain.history[cols].equals(warm.history[cols]) and plain.test_accuracy == warm.test_accuracy
+    for a, b in zip(plain.model.state_dict().values(), warm.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def eager_backend_compile(monkeypatch):
+    """train() compiles only on CUDA; here its compile goes through compile_model with the `eager`
+    backend, which traces like the real one (same guards, same recompiles) but builds no kernels."""
+    monkeypatch.setattr(train, "maybe_compile", lambda net, enabled, device, mode:
+                        (dev.compile_model(net, backend="eager"), "compiled (eager backend)")
+                        if enabled else (net, "off"))
+
+
+def net_with_trainable_bn_scales(cfg):
+    torch.manual_seed(cfg.seed)
+    net = model.make_net(cfg)
+    for module in net.modules():
+        if isinstance(module, model.BatchNorm):
+            module.weight.requires_grad_(True)
+    return net
+
+
+def test_the_ablations_configs_all_stay_compiled_in_one_process(synthetic, monkeypatch):
+    # The variants of notebook 05's ablation, one after another as the notebook trains them: with
+    # torch's default budget (8 compiled variants of the nets' one shared `forward`) the later rows ran
+    # eager while their notes said "compiled". Two image sizes and multi-view TTA, as on a GPU.
+    eager_backend_compile(monkeypatch)
+    base = tiny_cfg(compile=True, dtype="bf16", epochs=1, low_res=16, low_res_epochs=0.5, tta="multi",
+                    train_subset=400, test_subset=200)
+    rows = [(base, None), (base.replace(dtype="fp32"), None), (base.replace(channels_last="off"), None),
+            (base, net_with_trainable_bn_scales), (base.replace(net="seed", widths=(8, 8, 16, 16)), None),
+            (base.replace(flip="random"), None), (base.replace(low_res=0), None)]
+    gave_up = dev.dynamo_gave_up()
+    for cfg, make in rows:
+        result = train.train(cfg, synthetic, model=make(cfg) if make else None, verbose=False)
+        assert result.compile_note == "compiled (eager backend)", cfg
+    assert dev.dynamo_gave_up() == gave_up
+
+
+def test_a_compile_that_falls_back_to_eager_says_so(synthetic, monkeypatch):
+    # Forced: a budget of one compiled variant, and a run that needs more (two image sizes, evaluation).
+    eager_backend_compile(monkeypatch)
+    monkeypatch.setattr(dev, "RECOMPILE_LIMIT", 1)
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    cfg = tiny_cfg(compile=True, epochs=1, low_res=16, low_res_epochs=0.5, seed=11)
+    with pytest.warns(UserWarning, match="gave up part-way"):
+        result = train.train(cfg, synthetic, verbose=False)
+    assert result.compile_note == "compiled (eager backend); fell back to eager part-way"
+    # the next compile starts afresh instead of inheriting the exhausted budget
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    monkeypatch.setattr(dev, "RECOMPILE_LIMIT", 64)
+    assert train.train(cfg, synthetic, verbose=False).compile_note == "compiled (eager backend)"
+
+
+class HostDeviceTraffic(TorchDispatchMode):
+    """Records every operator that would make the host wait for a GPU: a copy between the host and
+    the device (a synchronous copy waits for the queue), or a device value read on the host."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        devices = {t.device.type for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)}
+        if len(devices) > 1 or (func is torch.ops.aten._local_scalar_dense.default and devices != {"cpu"}):
+            self.seen.append(f"{func} {sorted(devices)}")
+        return out
+
+
+def test_the_timed_loop_never_waits_for_the_host(synthetic):
+    # The "meta" device stands in for a GPU: its tensors have shapes and no data, so every step runs
+    # (the loader's whole-epoch path of a GPU too) and any transfer between host and device shows.
+    meta, stats = torch.device("meta"), dict(mean=[0.5] * 3, std=[0.25] * 3)
+    cfg = tiny_cfg(low_res=16, low_res_epochs=1, cutout=8, flip="alternate")
+    train_loader = loader.DeviceLoader(synthetic.train_images, synthetic.train_labels, cfg.batch_size,
+                                       device=meta, translate=2, cutout=8, channels_last=True, **stats)
+    test_loader = loader.DeviceLoader(synthetic.test_images, synthetic.test_labels, 100, train=False,
+                                      device=meta, **stats)
+    net = model.make_net(cfg).to(meta).to(memory_format=torch.channels_last)
+    run = train._Run(cfg, net, net, optim.make_optimizers(net, cfg, torch.float32), train_loader, test_loader,
+                     meta, None, verbose=False)
+    traffic, start, stop = HostDeviceTraffic(), run.timer.start, run.timer.stop
+    with traffic:   # the mode sees what it is meant to see
+        torch.arange(3).to(meta)
+    assert len(traffic.seen) == 1
+    traffic.seen.clear()
+    run.timer.start = lambda: (start(), traffic.__enter__())
+    run.timer.stop = lambda: (traffic.__exit__(None, None, None), stop())[1]
+    with pytest.raises(RuntimeError, match="meta"):   # the epoch's summary reads the loss, after the clock
+        run._epoch(1, 0)
+    assert run.timer.total > 0 and traffic.seen == []
+
+
+@pytest.mark.parametrize("gpu, line", [
+    ("T4", "profile: full  device: cuda (Tesla T4, capability 7.5)  precision: fp16  compile: compile (default)"),
+    ("H100", "profile: full  device: cuda (NVIDIA H100 80GB HBM3, capability 9.0)  precision: bf16  "
+             "compile: compile (max-autotune)")])
+def test_setup_says_what_a_gpu_run_will_use(monkeypatch, capsys, gpu, line):
+    simulate_gpu(monkeypatch, gpu)
+    monkeypatch.setitem(sys.modules, "triton", types.ModuleType("triton"))
+    monkeypatch.delenv("HLB_PROFILE", raising=False)
+    info = notebook.setup()
+    assert capsys.readouterr().out.startswith(line)
+    assert info["precision"] == line.split("precision: ")[1][:4]
+
+
+def test_setup_on_the_cpu(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    info = notebook.setup("quick")
+    assert (info["device"], info["precision"]) == ("cpu", "fp32") and info["compile"] == "off"
+    assert "profile: quick  device: cpu  precision: fp32  compile: off" in capsys.readouterr().out
+
+
+def load_profile_run():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_run.py"
+    spec = importlib.util.spec_from_file_location("profile_run", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("gpu, precision, floor", [
+    ("A100", "fp32", "tf32"), ("H100", "fp32", "tf32"), ("T4", "fp32", "fp32"), ("V100", "fp32", "fp32"),
+    ("A100", "bf16", "bf16"), ("T4", "fp16", "fp16")])
+def test_the_flop_floor_is_timed_in_the_convs_precision(monkeypatch, gpu, precision, floor):
+    # cuDNN runs fp32 convolutions in TF32 from capability 8.0 on: strict-fp32 matmuls would put the
+    # floor several times too high there.
+    simulate_gpu(monkeypatch, gpu)
+    prof = load_profile_run()
+    assert prof.conv_precision(torch.device("cuda"), precision) == floor
+    assert prof.conv_precision(torch.device("cpu"), precision) == precision
+
+
+def test_the_tf32_floor_restores_the_matmul_setting():
+    prof = load_profile_run()
+    before = torch.backends.cuda.matmul.allow_tf32
+    assert prof.matmul_rate(torch.device("cpu"), "tf32", seconds=0.01) > 0
+    assert torch.backends.cuda.matmul.allow_tf32 == before
+
+
+def test_run_records_name_a_fallback_to_eager_in_any_run(synthetic, tmp_path):
+    first = train.train(tiny_cfg(epochs=1), synthetic, verbose=False)
+    second = train.train(tiny_cfg(epochs=1, seed=1), synthetic, verbose=False)
+    first.compile_note, second.compile_note = "compiled (default)", "compiled (default); fell back to eager part-way"
+    out = runs.write_records(runs.RunsResult(first.config, [first, second]), tmp_path)
+    assert json.loads((out / "summary.json").read_text())["compile"] == \
+        "compiled (default) | compiled (default); fell back to eager part-way"
+    assert list(runs.RunsResult(first.config, [first, second]).table["compile"]) == \
+        [first.compile_note, second.compile_note]
