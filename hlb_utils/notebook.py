@@ -126,7 +126,7 @@ def results_table(entries: dict) -> "pd.DataFrame":
         elif hasattr(entry, "results"):  # RunsResult
             stats = entry.summary.iloc[0]
             row = dict(accuracy=stats["mean"], seconds=stats["mean_seconds"],
-                       device=entry.results[0].device, runs=len(entry.results))
+                       device=entry.results[0].device, runs=int(stats["runs"]))   # finished runs only
         else:  # TrainResult
             row = dict(accuracy=entry.test_accuracy, seconds=entry.train_seconds,
                        device=entry.device, runs=1)
