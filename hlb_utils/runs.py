@@ -96,27 +96,27 @@ def run_many(cfg: TrainConfig, data, runs: int = 5, target: float = 0.94, warmup
         if verbose:
             print(f"warm-up run {i + 1}/{warmup_runs}: {res.wall_seconds:.1f} s (not counted)")
     results, lost = [], 0
-    for i in range(runs):
-        try:
+    try:
+        for i in range(runs):
             res = train(cfg.replace(seed=cfg.seed + i), data, verbose=verbose and i == 0)
-        except KeyboardInterrupt:
-            # stopped outside the epoch loop (building the net, the final evaluation): nothing to keep
-            if not results:
-                raise
-            lost = 1
+            results.append(res)
+            if on_run is not None:
+                on_run(RunsResult(cfg, list(results), target, warm, runs))
             if verbose:
-                print(f"run {i + 1}/{runs}: interrupted before it had a result (not counted)")
-            break
-        results.append(res)
+                print(_run_line(i, runs, res))
+            if res.interrupted:
+                break
+    except KeyboardInterrupt:
+        # stopped outside a run's epoch loop (between runs, building the net, the final evaluation):
+        # the run under way, or about to start, has no result to keep
+        if not results:
+            raise
+        lost = int(not results[-1].interrupted and len(results) < runs)
+        if verbose and lost:
+            print(f"run {len(results) + 1}/{runs}: interrupted before it had a result (not counted)")
         if on_run is not None:
-            on_run(RunsResult(cfg, list(results), target, warm, runs))
-        if verbose:
-            print(_run_line(i, runs, res))
-        if res.interrupted:
-            break
+            on_run(RunsResult(cfg, results, target, warm, runs, lost))
     out = RunsResult(cfg, results, target, warm, runs, lost)
-    if lost and on_run is not None:
-        on_run(out)
     if verbose and len(out.finished) > 1:
         s = out.summary.iloc[0]
         print(f"{len(out.finished)} finished runs: mean {s['mean']:.4f} +- {s['std']:.4f} (std), "
