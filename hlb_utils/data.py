@@ -24,10 +24,11 @@ import torch
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 IMAGE_SIZE = 32              # pixels per side; every CIFAR-10 image is 32x32 RGB
 CACHE_FORMAT = 1             # bump when the cache layout changes, so old caches are ignored
+PROGRESS_EVERY = 10_000      # images between progress lines while decoding
 SPLITS = ("train", "test")
-STALE_TEMP_SECONDS = 3600    # a cache temp file this old, whose writer is unknown, is abandoned
 
 
 class DataError(RuntimeError):
@@ -71,7 +72,7 @@ def load_cifar10(source: str | os.PathLike | None = None, cache_dir: str | os.Pa
     cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     source = source or os.environ.get("HLB_DATA") or None
     if source is None:
-        return _from_torchvision(cache_dir / "cifar10-torchvision", chosen=False)
+        return _from_torchvision(cache_dir / "cifar10-torchvision")
     path = Path(source).expanduser().resolve()
     if not path.exists():
         raise DataError(f"CIFAR-10 source {str(path)!r} does not exist. Check the path or HLB_DATA. "
@@ -83,23 +84,23 @@ def load_cifar10(source: str | os.PathLike | None = None, cache_dir: str | os.Pa
         return _cached(path, cache_dir, verbose)
     if imagefolder.imagefolder_root(path) is not None:
         return _cached(path, cache_dir, verbose)
-    if imagefolder.is_torchvision_folder(path):
+    if not imagefolder.is_torchvision_folder(path):
+        raise imagefolder.wrong_layout(path)
+    found = imagefolder.describe_folder(path)
+    try:
         return _from_torchvision(path)
-    raise imagefolder.wrong_layout(path)
+    except DataError as err:   # say why a download was tried at all: the folder held no source
+        raise DataError(f"{path} is {found}, not an ImageFolder source ({imagefolder.LAYOUT}), so CIFAR-10 "
+                        f"was to be downloaded there. {err}") from err
 
 
-def _from_torchvision(root: Path, chosen: bool = True) -> Cifar10:
-    """torchvision's CIFAR10 in `root`, downloaded on first use. `chosen`: the user named the folder."""
+def _from_torchvision(root: Path) -> Cifar10:
     import torchvision  # only this source needs it
-
-    from .imagefolder import LAYOUT, describe_folder
 
     try:
         sets = [torchvision.datasets.CIFAR10(str(root), train=s == "train", download=True) for s in SPLITS]
     except (OSError, RuntimeError) as err:
-        what = (f"{root} is {describe_folder(root)}, not an ImageFolder source ({LAYOUT}), so CIFAR-10 was "
-                "to be downloaded there" if chosen else "CIFAR-10 was to be downloaded")
-        raise DataError(f"{what}, and that failed ({err}). " + _OFFLINE_HELP) from err
+        raise DataError(f"Could not download CIFAR-10 into {root} ({err}). " + _OFFLINE_HELP) from err
     images = [torch.from_numpy(np.ascontiguousarray(s.data)).permute(0, 3, 1, 2).contiguous() for s in sets]
     labels = [torch.tensor(s.targets, dtype=torch.int64) for s in sets]
     return Cifar10(images[0], labels[0], images[1], labels[1], list(sets[0].classes), str(root))
@@ -191,6 +192,9 @@ def _save_atomic(payload: dict, file: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+STALE_TEMP_SECONDS = 3600    # a cache temp file this old, whose writer is unknown, is abandoned
 
 
 def _remove_stale_temp(cache_dir: Path) -> None:

@@ -25,13 +25,11 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .data import CIFAR10_CLASSES, IMAGE_SIZE, SPLITS, Cifar10, DataError
+from .data import CIFAR10_CLASSES, IMAGE_SIZE, IMAGE_SUFFIXES, PROGRESS_EVERY, SPLITS, Cifar10, DataError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 LAYOUT = "train/<class>/<image> and test/<class>/<image>"
 CIFAR10_PER_CLASS = {"train": 5000, "test": 1000}   # images per class in each split
 TORCHVISION_FILES = ("cifar-10-batches-py", "cifar-10-python.tar.gz")
-PROGRESS_EVERY = 10_000      # images between progress lines while decoding
 
 
 class OwnDataWarning(UserWarning):

@@ -38,8 +38,8 @@ class RunsResult:
     results: list[TrainResult]
     target: float = 0.94
     warmup_seconds: list[float] = field(default_factory=list)   # wall seconds of each warm-up run (compiling)
-    requested: int = 0   # runs asked for (0: as many as there are results)
-    lost: int = 0        # runs stopped before they produced a result (e.g. during their final evaluation)
+    requested: int | None = None   # runs asked for (None: as many as there are results)
+    stopped: bool = False          # Ctrl-C (or SIGTERM) stopped the series before all its runs came back
 
     @property
     def finished(self) -> list[TrainResult]:
@@ -51,8 +51,12 @@ class RunsResult:
 
     @property
     def counts(self) -> dict:
+        """Runs asked for, finished and interrupted. Stopped between runs or outside a run's epochs
+        (its final evaluation), the run under way or about to start is counted as interrupted."""
         finished = len(self.finished)
-        interrupted = len(self.results) - finished + self.lost
+        interrupted = len(self.results) - finished
+        if self.stopped and not interrupted and finished < (self.requested or finished):
+            interrupted = 1
         return dict(runs_requested=self.requested or finished + interrupted, runs_finished=finished,
                     runs_interrupted=interrupted)
 
@@ -95,13 +99,13 @@ def run_many(cfg: TrainConfig, data, runs: int = 5, target: float = 0.94, warmup
         warm.append(res.wall_seconds)
         if verbose:
             print(f"warm-up run {i + 1}/{warmup_runs}: {res.wall_seconds:.1f} s (not counted)")
-    results, lost = [], 0
+    results, stopped = [], False
     try:
         for i in range(runs):
             res = train(cfg.replace(seed=cfg.seed + i), data, verbose=verbose and i == 0)
             results.append(res)
             if on_run is not None:
-                on_run(RunsResult(cfg, list(results), target, warm, runs))
+                on_run(RunsResult(cfg, list(results), target, warm, requested=runs))
             if verbose:
                 print(_run_line(i, runs, res))
             if res.interrupted:
@@ -111,12 +115,13 @@ def run_many(cfg: TrainConfig, data, runs: int = 5, target: float = 0.94, warmup
         # the run under way, or about to start, has no result to keep
         if not results:
             raise
-        lost = int(not results[-1].interrupted and len(results) < runs)
-        if verbose and lost:
+        stopped = True
+        if verbose and not results[-1].interrupted and len(results) < runs:
             print(f"run {len(results) + 1}/{runs}: interrupted before it had a result (not counted)")
         if on_run is not None:
-            on_run(RunsResult(cfg, results, target, warm, runs, lost))
-    out = RunsResult(cfg, results, target, warm, runs, lost)
+            on_run(RunsResult(cfg, results, target, warm, requested=runs, stopped=True))
+    stopped = stopped or results[-1].interrupted
+    out = RunsResult(cfg, results, target, warm, requested=runs, stopped=stopped)
     if verbose and len(out.finished) > 1:
         s = out.summary.iloc[0]
         print(f"{len(out.finished)} finished runs: mean {s['mean']:.4f} +- {s['std']:.4f} (std), "
