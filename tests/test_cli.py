@@ -104,6 +104,13 @@ def write_source(root: Path, per_class: int, test_per_class: int) -> Path:
     return root
 
 
+def _default_sigint() -> None:
+    # A shell's background job ignores SIGINT, and Python then installs no Ctrl-C handler: undo that
+    # in the child, so that it reacts as it does in a terminal.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_during_run_2_keeps_and_marks_the_records(tmp_path, signum, code):
     source = write_source(tmp_path / "colours", per_class=10, test_per_class=5)
@@ -113,7 +120,8 @@ def test_signal_during_run_2_keeps_and_marks_the_records(tmp_path, signum, code)
     cmd = [sys.executable, "-m", "hlb_utils.train", "--data", str(source), "--out", str(out), "--runs", "3",
            "--profile", "quick", "--set", "widths=[8,16,16]", "--set", "batch_size=20", "--set", "epochs=10",
            "--set", "tta=none", "--set", "eval_every=0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_default_sigint)
     try:
         for line in proc.stdout:   # run 2 starts right after run 1's line
             if line.startswith("run 1/3"):
