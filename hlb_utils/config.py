@@ -118,8 +118,15 @@ def _validate(cfg: TrainConfig) -> None:
             raise ValueError(f"TrainConfig.{name}={value!r} is not allowed; choose one of {allowed}")
     for name, (low, high) in _RANGES.items():
         value = getattr(cfg, name)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ValueError(f"TrainConfig.{name}={value!r} is not a number; allowed {low}..{high}")
+        if not low <= value <= high:
             raise ValueError(f"TrainConfig.{name}={value!r} is out of range; allowed {low}..{high}")
+    for f in dataclasses.fields(cfg):
+        # annotations are text here (postponed evaluation): 'int' marks the whole-number fields
+        value = getattr(cfg, f.name)
+        if f.type == "int" and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ValueError(f"TrainConfig.{f.name}={value!r} is not a whole number")
     groups = 4 if cfg.net == "seed" else 3
     if len(cfg.widths) != groups or any(int(w) < 1 for w in cfg.widths):
         raise ValueError(f"TrainConfig.widths={cfg.widths!r}: the {cfg.net} net needs {groups} positive widths")

@@ -5,12 +5,12 @@ notebooks run with internet (torchvision downloads the original), without it (th
 .tar.gz in ImageFolder layout) and on a learner's own 32x32 images (an ImageFolder folder). Decoding
 60,000 small files takes seconds, so the result is cached as one tensor file whose name is keyed by
 the source (path, size, modification time): editing the source makes a new cache, never a stale one.
+ImageFolder sources are read and checked in `imagefolder.py` (damaged archives, counts, layout).
 `synthetic_dataset` makes a tiny learnable dataset for tests that need no files.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import tarfile
 import tempfile
@@ -85,8 +85,12 @@ def load_cifar10(source: str | os.PathLike | None = None, cache_dir: str | os.Pa
 
     source: a .tar.gz or folder in ImageFolder layout (decoded once, then cached in `cache_dir`,
     default HLB_CACHE or ~/.cache/hlb_utils), or a folder for torchvision's CIFAR10 (downloaded on
-    first use; its arrays load in about a second, so they are not cached again).
+    first use into an empty folder; its arrays load in about a second, so they are not cached again).
+    A damaged archive, a partial copy of CIFAR-10 or a folder in neither layout raises DataError;
+    a dataset of your own (other class names) loads with an `imagefolder.OwnDataWarning`.
     """
+    from . import imagefolder
+
     cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     source = source or os.environ.get("HLB_DATA") or None
     if source is None:
@@ -97,11 +101,19 @@ def load_cifar10(source: str | os.PathLike | None = None, cache_dir: str | os.Pa
                         + _OFFLINE_HELP)
     if path.is_file():
         if not tarfile.is_tarfile(path):
-            raise DataError(f"{path} is not a tar archive: give a .tar.gz in ImageFolder layout or a folder.")
+            raise DataError(f"{path} is not a tar archive (or is damaged beyond recognition): give a .tar.gz "
+                            "in ImageFolder layout or a folder.")
         return _cached(path, cache_dir, verbose)
-    if _imagefolder_root(path) is not None:
+    if imagefolder.imagefolder_root(path) is not None:
         return _cached(path, cache_dir, verbose)
-    return _from_torchvision(path)
+    if not imagefolder.is_torchvision_folder(path):
+        raise imagefolder.wrong_layout(path)
+    found = imagefolder.describe_folder(path)
+    try:
+        return _from_torchvision(path)
+    except DataError as err:   # say why a download was tried at all: the folder held no source
+        raise DataError(f"{path} is {found}, not an ImageFolder source ({imagefolder.LAYOUT}), so CIFAR-10 "
+                        f"was to be downloaded there. {err}") from err
 
 
 def _from_torchvision(root: Path) -> Cifar10:
@@ -136,13 +148,18 @@ def _checksum(data: Cifar10) -> str:
 
 
 def _cached(path: Path, cache_dir: Path, verbose: bool) -> Cifar10:
+    from .imagefolder import check_counts, decode_source
+
+    _remove_stale_temp(cache_dir)
     file = cache_dir / f"cifar10-{_cache_key(path)}.pt"
     if file.exists():
         data, problem = _read_cache(file)
         if data is not None:
+            check_counts(data)   # also refuses a partial copy cached before this check existed
             return data
         warnings.warn(f"the cache {file} is unusable ({problem}); rebuilding it from {path}", stacklevel=3)
-    data = _decode_source(path, verbose)
+    data = decode_source(path, verbose)
+    check_counts(data)   # a partial copy of CIFAR-10 is refused before it can be cached
     payload = {**data._asdict(), "format": CACHE_FORMAT, "checksum": _checksum(data),
                "counts": [len(data.train_labels), len(data.test_labels)]}
     try:
@@ -184,7 +201,8 @@ def _validate(data: Cifar10, counts: list | None) -> str:
 def _save_atomic(payload: dict, file: Path) -> None:
     """Write to a temporary file in the same folder, then rename: a crash never leaves a half cache."""
     file.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
+    # the writer's process id in the name lets a later load remove what a killed writer left
+    handle, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as stream:
             torch.save(payload, stream)
@@ -198,108 +216,33 @@ def _save_atomic(payload: dict, file: Path) -> None:
         raise
 
 
-# ---- ImageFolder sources: a folder, or a tarball read without extracting it -------------------
-
-def _imagefolder_root(path: Path) -> Path | None:
-    """The folder holding train/ and test/ (path itself or its only subfolder), else None."""
-    subfolders = sorted(p for p in path.iterdir() if p.is_dir())
-    candidates = [path] + (subfolders if len(subfolders) == 1 else [])
-    for root in candidates:
-        present = [(root / s).is_dir() for s in SPLITS]
-        if all(present):
-            return root
-        if any(present):
-            raise DataError(f"{root} has only one of train/ and test/; an ImageFolder source needs both.")
-    return None
+STALE_TEMP_SECONDS = 3600    # a cache temp file this old, whose writer is unknown, is abandoned
 
 
-def _folder_files(path: Path) -> Iterator[tuple[str, bytes]]:
-    root = _imagefolder_root(path)
-    for split in SPLITS:
-        for file in sorted((root / split).rglob("*")):
-            if file.is_file():
-                yield str(file), file.read_bytes()
+def _remove_stale_temp(cache_dir: Path) -> None:
+    """Delete the cache temp files of writers that died (killed mid-write): each holds a whole cache."""
+    if not cache_dir.is_dir():
+        return
+    for tmp in cache_dir.glob(".cifar10-*.tmp"):
+        pid = tmp.name.split(".")[3] if tmp.name.count(".") == 5 else ""
+        try:
+            if _writer_alive(int(pid) if pid.isdigit() else None, tmp):
+                continue
+            tmp.unlink()
+        except OSError:
+            pass   # another process removed it first, or the folder is read-only: harmless
 
 
-def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
-    """Refuse absolute names, '..' parts and links that point outside the archive."""
-    name = member.name.replace("\\", "/")
-    unsafe = name.startswith("/") or ".." in name.split("/") or name[1:2] == ":"
-    if member.issym() or member.islnk():
-        base = os.path.dirname(name) if member.issym() else ""
-        target = os.path.normpath(os.path.join(base, member.linkname.replace("\\", "/")))
-        unsafe = unsafe or target.startswith("/") or target.split("/")[0] == ".." or target[1:2] == ":"
-    if unsafe:
-        raise DataError(f"unsafe member {member.name!r} in {archive} (absolute path, '..' or a link "
-                        "leading outside the archive); refusing to read it. Rebuild the archive.")
-
-
-def _tar_files(path: Path) -> Iterator[tuple[str, bytes]]:
-    with tarfile.open(path) as archive:
-        for member in archive:
-            _check_member(member, path)
-            if member.isfile() or member.issym() or member.islnk():
-                yield member.name, archive.extractfile(member).read()
-
-
-def _split_and_class(name: str) -> tuple[str, str] | None:
-    """('train', 'cat') for '.../train/cat/0001.jpg'; None for files that are not images."""
-    parts = name.replace("\\", "/").split("/")
-    if len(parts) < 3 or parts[-3] not in SPLITS or parts[-1].startswith("."):
-        return None
-    if not parts[-1].lower().endswith(IMAGE_SUFFIXES):
-        return None
-    return parts[-3], parts[-2]
-
-
-def _decode(data: bytes, name: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
+def _writer_alive(pid: int | None, tmp: Path) -> bool:
+    if pid is None or os.name == "nt":   # unknown writer (or no signal 0): judge by age
+        return time.time() - tmp.stat().st_mtime < STALE_TEMP_SECONDS
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.size != (IMAGE_SIZE, IMAGE_SIZE) or image.mode != "RGB":
-                raise DataError(f"{name} is a {image.size[0]}x{image.size[1]} {image.mode} image; every image "
-                                "must be 32x32 RGB: convert it, e.g. image.convert('RGB').resize((32, 32))")
-            return np.asarray(image)
-    except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"{name} cannot be decoded as an image ({err}); remove or replace it.") from err
-
-
-def _decode_source(path: Path, verbose: bool) -> Cifar10:
-    """Decode every image once. Single process: on two shared cores a pool barely helped."""
-    files = _tar_files(path) if path.is_file() else _folder_files(path)
-    found: dict[str, list] = {split: [] for split in SPLITS}
-    start, count = time.perf_counter(), 0
-    for name, data in files:
-        place = _split_and_class(name)
-        if place is None:
-            continue
-        found[place[0]].append((place[1], _decode(data, name)))
-        count += 1
-        if verbose and count % PROGRESS_EVERY == 0:
-            print(f"decoded {count:,} images ({time.perf_counter() - start:.0f} s)", flush=True)
-    classes = _class_list(found, path)
-    tensors = []
-    for split in SPLITS:
-        images = np.stack([array for _, array in found[split]]).transpose(0, 3, 1, 2)
-        tensors.append(torch.from_numpy(np.ascontiguousarray(images)))
-        tensors.append(torch.tensor([classes.index(c) for c, _ in found[split]], dtype=torch.int64))
-    if verbose:
-        print(f"decoded {count:,} images from {path} in {time.perf_counter() - start:.1f} s", flush=True)
-    return Cifar10(*tensors, classes, str(path))
-
-
-def _class_list(found: dict, path: Path) -> list:
-    """The class folder names, sorted (the same in both splits)."""
-    names = [sorted({c for c, _ in found[split]}) for split in SPLITS]
-    if not names[0] or not names[1]:
-        raise DataError(f"{path}: no images found under train/<class>/ and test/<class>/ (looked for "
-                        f"files ending in {', '.join(IMAGE_SUFFIXES)}).")
-    if names[0] != names[1]:
-        raise DataError(f"{path}: train and test have different class folders: "
-                        f"train {names[0]}, test {names[1]}. Make both splits have the same classes.")
-    # CIFAR-10's own class order is alphabetical, so its folders get the usual labels 0..9.
-    return names[0]
+        os.kill(pid, 0)   # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True   # it exists but belongs to another user
+    return True
 
 
 def shuffled_indices(total: int, n: int | None = None, seed: int = 0) -> torch.Tensor:

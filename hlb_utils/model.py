@@ -191,10 +191,11 @@ def init_whitening(net_or_layer: nn.Module, images: torch.Tensor, eps: float | N
 class Net(nn.Module):
     """whiten -> body -> global max-pool -> Linear -> x head_scale. Both nets are this shape."""
 
-    def __init__(self, whiten: nn.Conv2d, body: nn.Module, width: int, head_scale: float) -> None:
+    def __init__(self, whiten: nn.Conv2d, body: nn.Module, width: int, head_scale: float,
+                 classes: int = 10) -> None:
         super().__init__()
         self.whiten, self.body = whiten, body
-        self.head = nn.Linear(width, 10, bias=False)
+        self.head = nn.Linear(width, classes, bias=False)
         self.head_scale = head_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -204,7 +205,7 @@ class Net(nn.Module):
 
 
 def make_record_net(widths: tuple = (64, 256, 256), act: str = "gelu", bn_momentum: float = 0.4,
-                    bn_eps: float = 1e-12) -> nn.Module:
+                    bn_eps: float = 1e-12, classes: int = 10) -> nn.Module:
     """The airbench94_muon network (notebooks 05 and 06): about 2.0 M parameters at default widths.
 
     whiten (24 ch) -> act -> 3 groups of conv-pool-BN-act-conv-BN-act -> global max -> Linear -> /width.
@@ -221,7 +222,7 @@ def make_record_net(widths: tuple = (64, 256, 256), act: str = "gelu", bn_moment
     for w in widths:
         groups.append(ConvGroup(c_in, int(w), act, bn_momentum, bn_eps, second_conv=True))
         c_in = int(w)
-    net = Net(whiten, nn.Sequential(make_act(act), *groups), c_in, head_scale=1.0 / c_in)
+    net = Net(whiten, nn.Sequential(make_act(act), *groups), c_in, head_scale=1.0 / c_in, classes=classes)
     for m in net.modules():
         if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3):
             dirac_init(m)
@@ -231,7 +232,7 @@ def make_record_net(widths: tuple = (64, 256, 256), act: str = "gelu", bn_moment
 
 
 def make_seed_net(widths: tuple = (32, 128, 256, 512), act: str = "gelu", bn_momentum: float = 0.8,
-                  bn_eps: float = 1e-12) -> nn.Module:
+                  bn_eps: float = 1e-12, classes: int = 10) -> nn.Module:
     """hlb-CIFAR10's SE-ResNet, as of the commit that first trained under 10 A100-seconds (notebook 03).
 
     Followed from hlb's main.py of 2023-01-29 (commit cb53b42): 2x2 whitening to 12 channels (no
@@ -254,15 +255,19 @@ def make_seed_net(widths: tuple = (32, 128, 256, 512), act: str = "gelu", bn_mom
         ConvGroup(w1, w2, act, bn_momentum, bn_eps, second_conv=False),
         ConvGroup(w2, w3, act, bn_momentum, bn_eps, second_conv=False, residual=True, se=True),
     )
-    return Net(whiten, body, w3, head_scale=0.1)
+    return Net(whiten, body, w3, head_scale=0.1, classes=classes)
 
 
-def make_net(cfg) -> nn.Module:
-    """The network a `TrainConfig` asks for (`cfg.net`, `widths`, `act`, `bn_momentum`, `bn_eps`)."""
+def make_net(cfg, classes: int = 10) -> nn.Module:
+    """The network a `TrainConfig` asks for (`cfg.net`, `widths`, `act`, `bn_momentum`, `bn_eps`).
+
+    `classes` sizes the head: `train()` passes the data's own count, so a learner's own image folder
+    (see `data.load_cifar10`) trains unchanged whatever its number of classes.
+    """
     builders = {"record": make_record_net, "seed": make_seed_net}
     if cfg.net not in builders:
         raise ValueError(f"TrainConfig.net={cfg.net!r} is unknown; choose one of {tuple(builders)}")
-    return builders[cfg.net](tuple(cfg.widths), cfg.act, cfg.bn_momentum, cfg.bn_eps)
+    return builders[cfg.net](tuple(cfg.widths), cfg.act, cfg.bn_momentum, cfg.bn_eps, classes)
 
 
 def count_params(net: nn.Module, trainable_only: bool = False) -> int:

@@ -26,9 +26,10 @@ from .progress import HeadlessEcho, in_jupyter, jupyter_shell
 # The repository, written in one place: the badges, the set-up cell and the docs derive from it.
 REPO = "hlb-notebooks/hlb-notebooks"
 REPO_URL = f"https://github.com/{REPO}"
-# The ref that Colab opens and installs from. Pinned to this version's tag, so that a notebook
-# opened from the badge always gets the library it was written against.
-REF = f"v{hlb_utils.__version__}"
+# The ref that Colab opens and installs from: the main branch, which every clone has (CI's clean
+# checkout included), so badge and install always find it. README names the same ref, and
+# tests/test_notebooks.py checks that it resolves here and that badges, set-up cells and README agree.
+REF = "main"
 COLAB_BADGE_SVG = "https://colab.research.google.com/assets/colab-badge.svg"
 
 # The first code cell of every notebook, identical everywhere (the one repetition the series allows;
@@ -39,8 +40,12 @@ try:
     import hlb_utils
 except ImportError:
     import importlib, subprocess, sys
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "git+{REPO_URL}@{REF}"], check=True)
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                          "git+{REPO_URL}@{REF}"])
+    if pip.returncode != 0:
+        raise RuntimeError("hlb_utils could not be installed (pip's message is above): check this "
+                           "runtime's internet access, or install it from a copy of the repository "
+                           "(pip install PATH_TO_THE_COPY).") from None
     importlib.invalidate_caches()
 import hlb_utils as hu
 env = hu.notebook.setup()"""
@@ -144,7 +149,7 @@ def results_table(entries: dict) -> "pd.DataFrame":
         elif hasattr(entry, "results"):  # RunsResult
             stats = entry.summary.iloc[0]
             row = dict(accuracy=stats["mean"], seconds=stats["mean_seconds"],
-                       device=entry.results[0].device, runs=len(entry.results))
+                       device=entry.results[0].device, runs=int(stats["runs"]))   # finished runs only
         else:  # TrainResult
             row = dict(accuracy=entry.test_accuracy, seconds=entry.train_seconds,
                        device=entry.device, runs=1)

@@ -48,7 +48,13 @@ OptimizerFactory = Callable[[nn.Module, TrainConfig], "torch.optim.Optimizer | l
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite. `what` says where; `changes` are the config changes to try
+    next (a lower lr), so that the command line can give the same advice as `--set` options."""
+
+    def __init__(self, what: str, changes: dict) -> None:
+        self.what, self.changes = what, dict(changes)
+        args = ", ".join(f"{key}={value!r}" for key, value in self.changes.items())
+        super().__init__(f"{what}; try a lower learning rate, e.g. cfg.replace({args})")
 
 
 @dataclass
@@ -66,7 +72,8 @@ class TrainResult:
     device: str = "cpu"
     precision: str = "fp32"       # what 'auto' resolved to: bf16, fp16 or fp32
     peak_memory_mb: float | None = None
-    interrupted: bool = False
+    interrupted: bool = False     # cut short (Ctrl-C, SIGTERM): never counted in a series' statistics
+    at_chance: bool = False       # the final accuracy cannot be told apart from guessing
     compile_note: str = "off"
     model: nn.Module | None = field(default=None, repr=False)
 
@@ -227,7 +234,7 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
         torch.backends.cudnn.benchmark = True
 
     train_loader, test_loader = make_loaders(cfg, data, device, dtype, channels_last)
-    net = (model if model is not None else make_net(cfg)).to(device)
+    net = (model if model is not None else make_net(cfg, len(data.classes))).to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     init_start = time.perf_counter()
@@ -264,14 +271,28 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
     tta_seconds = time.perf_counter() - tta_start
     compile_note = _check_compiled(run, compile_note, gave_up)
     frame = pd.DataFrame(history, columns=COLUMNS + ["lr"])
+    chance = at_chance(acc, len(data.classes), len(test_loader.labels))
     if verbose:
-        print(f"final test accuracy (TTA {cfg.tta}): {acc:.4f}   training: {run.timer.total:.2f} s")
+        note = f" (chance level for {len(data.classes)} classes: the net learned nothing)" if chance else ""
+        print(f"final test accuracy (TTA {cfg.tta}): {acc:.4f}{note}   training: {run.timer.total:.2f} s")
     return TrainResult(config=cfg, history=frame, test_accuracy=acc, train_seconds=run.timer.total,
                        compile_seconds=compile_seconds, init_seconds=init_seconds, tta_seconds=tta_seconds,
                        wall_seconds=time.perf_counter() - wall_start, device=device_name(device),
                        precision=dtype_name(dtype),
                        peak_memory_mb=_peak_memory_mb(device), interrupted=interrupted,
-                       compile_note=compile_note, model=net)
+                       at_chance=chance, compile_note=compile_note, model=net)
+
+
+def at_chance(accuracy: float, classes: int, n_test: int) -> bool:
+    """True when `accuracy` on n_test images is within 3 standard errors of guessing (1/classes).
+
+    A run that diverged quietly (e.g. lr far too high) ends there; saying so keeps it from being
+    read as a result. NaN (no evaluation) is not at chance: it is no figure at all.
+    """
+    if math.isnan(accuracy) or classes < 2 or n_test < 1:
+        return False
+    p = 1.0 / classes
+    return accuracy <= p + 3 * math.sqrt(p * (1 - p) / n_test)
 
 
 class _Run:
@@ -375,8 +396,8 @@ class _Run:
             return
         if not math.isfinite(loss.item()):
             where = f"at step {step}" if exact else f"in the epoch ending at step {step}"
-            raise TrainingDiverged(f"the loss became {loss.item()} {where}; try a lower learning rate, "
-                                   f"e.g. cfg.replace(lr={self.cfg.lr / 2:g})")
+            raise TrainingDiverged(f"the loss became {loss.item()} {where}",
+                                   {"lr": float(f"{self.cfg.lr / 2:.3g}")})
 
     def _average(self, step: int) -> None:
         if self.lookahead is not None:

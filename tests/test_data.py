@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 import tarfile
+import time
 import urllib.error
 import warnings
 from pathlib import Path
@@ -12,8 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from hlb_utils import data
+from hlb_utils import data, imagefolder
 from hlb_utils.data import DataError, load_cifar10
+from hlb_utils.imagefolder import OwnDataWarning
 from hlb_utils.loader import channel_stats
 
 
@@ -45,7 +50,10 @@ def as_sets(images: torch.Tensor, labels: torch.Tensor, classes) -> set:
 
 
 def load(source, cache: Path) -> data.Cifar10:
-    return load_cifar10(source, cache_dir=cache, verbose=False)
+    """Load a test source; the own-data warning every small folder gets is checked on its own below."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OwnDataWarning)
+        return load_cifar10(source, cache_dir=cache, verbose=False)
 
 
 def test_synthetic_dataset_is_balanced_uint8_and_seeded():
@@ -68,11 +76,15 @@ def test_imagefolder_pixels_labels_and_sorted_classes(tmp_path):
         assert as_sets(images, labels, got.classes) == {(c, bytes(p)) for c, p in written[split]}
 
 
-def test_cifar_class_names_come_in_cifar_order(tmp_path):
+def test_cifar_class_names_come_in_cifar_order_and_promise_cifar_counts(tmp_path):
+    # Folders are labelled in sorted order, which is CIFAR-10's own: its folders get labels 0..9.
+    assert sorted(data.CIFAR10_CLASSES) == list(data.CIFAR10_CLASSES)
+    # With CIFAR-10's names, one image per class is a partial copy, never cached.
     make_imagefolder(tmp_path / "src", sorted(data.CIFAR10_CLASSES), per_class=1)
-    got = load(tmp_path / "src", tmp_path / "cache")
-    assert got.classes == list(data.CIFAR10_CLASSES)
-    assert sorted(got.train_labels.tolist()) == list(range(10))
+    with pytest.raises(DataError, match=r"CIFAR-10's class folders but not its images: train 10 images "
+                                        r"\(1 per class\); test 10 images \(1 per class\)"):
+        load(tmp_path / "src", tmp_path / "cache")
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").glob("*.pt"))
 
 
 def test_tarball_with_top_folder_matches_the_folder(tmp_path):
@@ -175,6 +187,7 @@ def test_offline_error_explains_hlb_data(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="HLB_DATA") as err:
         load(tmp_path / "empty", tmp_path / "cache")
     assert "no internet here" in str(err.value) and "replica" in str(err.value)
+    assert "is an empty folder, not an ImageFolder source (train/<class>/<image>" in str(err.value)
     monkeypatch.delenv("HLB_DATA", raising=False)
     with pytest.raises(DataError, match="HLB_DATA"):
         load(None, tmp_path / "cache")
@@ -221,3 +234,106 @@ def test_shuffled_indices_give_every_class_of_the_class_ordered_replica(cifar):
     assert not torch.equal(pick, data.shuffled_indices(len(cifar.train_labels), 960, seed=4))
     everything = data.shuffled_indices(len(cifar.train_labels))
     assert torch.equal(everything.sort().values, torch.arange(len(cifar.train_labels)))   # a permutation
+
+
+# ---- damaged archives, partial copies, unusual layouts (issue 13) -----------------------------
+
+def no_cache_written(cache: Path) -> bool:
+    return not cache.exists() or not list(cache.glob("*.pt"))
+
+
+def archive_of(folder: Path, archive: Path, mode: str) -> Path:
+    with tarfile.open(archive, mode) as tar:
+        tar.add(folder, arcname=folder.name)
+    return archive
+
+
+@pytest.mark.parametrize("mode, keep", [("w:gz", 0.97), ("w:gz", 0.5), ("w", 0.5)])
+def test_truncated_archive_is_refused_and_never_cached(tmp_path, mode, keep):
+    make_imagefolder(tmp_path / "src", ["ant", "bee"], per_class=10)
+    archive = archive_of(tmp_path / "src", tmp_path / ("src.tar.gz" if mode == "w:gz" else "src.tar"), mode)
+    archive.write_bytes(archive.read_bytes()[: int(archive.stat().st_size * keep)])
+    with pytest.raises(DataError, match=r"src.tar(.gz)? is damaged \(truncated or corrupt"):
+        load(archive, tmp_path / "cache")
+    assert no_cache_written(tmp_path / "cache")
+
+
+def test_plain_tar_cut_between_members_is_refused(tmp_path):
+    make_imagefolder(tmp_path / "src", ["ant", "bee"], per_class=10)
+    archive = archive_of(tmp_path / "src", tmp_path / "src.tar", "w")
+    with tarfile.open(archive) as tar:
+        offsets = [m.offset for m in tar.getmembers()]
+    archive.write_bytes(archive.read_bytes()[: offsets[-3]])
+    with tarfile.open(archive) as tar:   # tarfile alone reads the rest without a word
+        assert len(tar.getmembers()) == len(offsets) - 3
+    with pytest.raises(DataError, match="stops before the archive's end, so images are missing"):
+        load(archive, tmp_path / "cache")
+    assert no_cache_written(tmp_path / "cache")
+
+
+def test_gzip_with_flipped_bytes_is_refused_as_corrupt(tmp_path):
+    make_imagefolder(tmp_path / "src", ["ant", "bee"], per_class=10)
+    archive = archive_of(tmp_path / "src", tmp_path / "src.tar.gz", "w:gz")
+    raw = bytearray(archive.read_bytes())
+    for k in range(32):
+        raw[len(raw) // 2 + 7 * k] ^= 0xFF
+    archive.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"is damaged \(truncated or corrupt"):
+        load(archive, tmp_path / "cache")
+    assert no_cache_written(tmp_path / "cache")
+
+
+def test_partial_cifar_copy_cached_by_older_code_is_refused(tmp_path, monkeypatch):
+    make_imagefolder(tmp_path / "src", sorted(data.CIFAR10_CLASSES), per_class=1)
+    monkeypatch.setattr(imagefolder, "check_counts", lambda d: None)   # as before the check existed
+    load(tmp_path / "src", tmp_path / "cache")
+    monkeypatch.undo()
+    with pytest.raises(DataError, match="CIFAR-10's class folders but not its images"):
+        load(tmp_path / "src", tmp_path / "cache")
+
+
+def test_own_data_loads_with_a_warning_that_states_its_counts(tmp_path):
+    classes = [f"kind{i:02d}" for i in range(12)]   # 12 classes: the nets size their heads from them
+    make_imagefolder(tmp_path / "src", classes, per_class=2)
+    (tmp_path / "src" / "test" / "kind03" / "0001.png").unlink()
+    with pytest.warns(OwnDataWarning, match=r"is not CIFAR-10 \(12 classes: kind00, kind01, .*kind11\); "
+                                            r"loading it as your own data: train 24 images \(2 per class\); "
+                                            r"test 23 images \(1 to 2 per class, fewest in kind03\)"):
+        got = load_cifar10(tmp_path / "src", cache_dir=tmp_path / "cache", verbose=False)
+    assert got.classes == classes and int(got.train_labels.max()) == 11
+
+
+def test_folder_in_neither_layout_says_what_was_expected_and_found(tmp_path):
+    (tmp_path / "pics" / "images").mkdir(parents=True)
+    (tmp_path / "pics" / "a.png").write_bytes(b"not used")
+    with pytest.raises(DataError, match=r"expected an ImageFolder layout \(train/<class>/<image> and "
+                                        r"test/<class>/<image>\) or torchvision's cifar-10-batches-py/; "
+                                        r"found 1 folder\(s\) \(images/\) and 1 file\(s\) \(a.png\)"):
+        load(tmp_path / "pics", tmp_path / "cache")
+
+
+@pytest.mark.parametrize("as_archive", [False, True])
+def test_empty_class_folder_is_named(tmp_path, as_archive):
+    make_imagefolder(tmp_path / "src", ["ant", "bee"], per_class=1)
+    (tmp_path / "src" / "test" / "bee" / "0000.png").unlink()
+    source = make_tar(tmp_path / "src", tmp_path / "src.tar.gz") if as_archive else tmp_path / "src"
+    with pytest.raises(DataError, match=r"the class folder test/bee/ holds no images"):
+        load(source, tmp_path / "cache")
+
+
+def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
+    make_imagefolder(tmp_path / "src", ["ant", "bee"], per_class=1)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    writer = subprocess.Popen([sys.executable, "-c", "pass"])
+    writer.wait()   # a writer that is gone, as if killed mid-write
+    dead = cache / f".cifar10-0123.pt.{writer.pid}.abc_12.tmp"
+    alive = cache / f".cifar10-0123.pt.{os.getpid()}.def_34.tmp"
+    old_unnamed, new_unnamed = cache / ".cifar10-0123.pt.ghi_56.tmp", cache / ".cifar10-0123.pt.jkl_78.tmp"
+    for tmp in (dead, alive, old_unnamed, new_unnamed):
+        tmp.write_bytes(b"half a cache file")
+    two_hours_ago = time.time() - 7200
+    os.utime(old_unnamed, (two_hours_ago, two_hours_ago))
+    load(tmp_path / "src", cache)
+    assert not dead.exists() and not old_unnamed.exists()
+    assert alive.exists() and new_unnamed.exists()

@@ -13,7 +13,10 @@ tables and figure follow a changed knob.
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -89,9 +92,66 @@ def test_prose_quotes_the_config_it_describes():
     assert seed.peak == 0.2 and f"label smoothing {seed.label_smoothing:g}" in text["03_se_resnet"]
 
 
-def test_setup_cell_installs_from_the_pinned_ref():
-    assert f"git+{hn.REPO_URL}@{hn.REF}" in hn.SETUP_CELL
-    assert hn.REF in hn.colab_url("06_record_run.ipynb")
+ROOT = NOTEBOOKS.parent
+BADGE_LINK = re.compile(r"colab\.research\.google\.com/github/([\w.-]+/[\w.-]+)/blob/([^/\s)]+)/notebooks/")
+INSTALL = re.compile(r"git\+https://github\.com/([\w.-]+/[\w.-]+)@([^\s\"'`]+)")
+
+
+def test_colab_ref_resolves_in_this_checkout():
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout (an installed copy): no refs to resolve")
+    candidates = [hn.REF, f"origin/{hn.REF}"]   # a checkout may hold main only as a remote branch
+    resolved = [subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+                               capture_output=True).returncode == 0 for ref in candidates]
+    assert any(resolved), f"neither of {candidates} resolves here: badges and installs would open nothing"
+
+
+def test_badges_setup_cells_and_readme_name_one_ref():
+    # Read from the files themselves (not the constants), so that any copy that drifts is caught.
+    found = []
+    for path in PATHS:
+        nb = _read(path)
+        found += [("badge", path.name, m) for m in BADGE_LINK.findall(nb.cells[0].source)]
+        found += [("set-up cell", path.name, m) for m in INSTALL.findall(nb.cells[1].source)]
+    readme = (ROOT / "README.md").read_text()
+    found += [("README", "link", m) for m in BADGE_LINK.findall(readme)]
+    found += [("README", "install", m) for m in INSTALL.findall(readme)]
+    assert sum(where == "README" for where, _, _ in found) >= 1, "README names no install ref"
+    assert len([f for f in found if f[0] != "README"]) == 2 * len(PATHS)
+    wrong = [f for f in found if f[2] != (hn.REPO, hn.REF)]
+    assert not wrong, f"these name another repository or ref than {hn.REPO}@{hn.REF}: {wrong}"
+
+
+def _fake_packages(root: Path, pip_ok: bool) -> None:
+    """An hlb_utils that is not installed until a fake pip (which fails, or 'installs' it) has run."""
+    marker = root / "installed"
+    (root / "hlb_utils").mkdir(parents=True)
+    (root / "hlb_utils" / "__init__.py").write_text(
+        f"import os\nif not os.path.exists({str(marker)!r}):\n    raise ImportError('not installed')\n"
+        "from . import notebook\n")
+    (root / "hlb_utils" / "notebook.py").write_text("def setup():\n    print('set up done')\n")
+    (root / "pip").mkdir()
+    (root / "pip" / "__init__.py").write_text("")
+    body = (f"open({str(marker)!r}, 'w').close()" if pip_ok
+            else "print('ERROR: Could not reach github.com (simulated)', file=sys.stderr); sys.exit(1)")
+    (root / "pip" / "__main__.py").write_text(f"import sys\nprint('pip', *sys.argv[1:])\n{body}\n")
+
+
+@pytest.mark.parametrize("pip_ok", [True, False], ids=["installs", "pip-fails"])
+def test_setup_cell_installs_or_says_what_to_do(tmp_path, pip_ok):
+    _fake_packages(tmp_path / "site", pip_ok)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    done = subprocess.run([sys.executable, "-c", hn.SETUP_CELL], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert f"git+{hn.REPO_URL}@{hn.REF}" in done.stdout   # what pip was asked to install
+    if pip_ok:
+        assert done.returncode == 0 and "set up done" in done.stdout, done.stderr
+        return
+    assert done.returncode != 0 and "Could not reach github.com (simulated)" in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "RuntimeError: hlb_utils could not be installed (pip's message is above): check this runtime's "
+        "internet access, or install it from a copy of the repository (pip install PATH_TO_THE_COPY).")
+    assert "CalledProcessError" not in done.stderr and "ImportError" not in done.stderr
 
 
 def test_run_notebook_writes_output_and_names_the_failing_cell(tmp_path):
