@@ -1,4 +1,4 @@
-"""Our `full` and `seed` profiles timed side by side with the record scripts, on one GPU and one data set.
+"""Our `airbench` and `seed` profiles timed side by side with the record scripts, on one GPU and one data set.
 
 Why: "record pace" means nothing until it is measured against the record on the same GPU, with the same
 data, over enough runs to trust the mean (per-run accuracy wanders by about 0.13 points). Notebook 06
@@ -41,8 +41,8 @@ REPO = Path(__file__).resolve().parent.parent
 COLUMNS = ("recipe", "gpu", "torch", "data", "runs", "mean_acc", "std_acc", "min_acc",
            "mean_seconds", "median_seconds", "date", "note")
 # The comparison that matters first; the costly peer (it sleeps a few seconds between runs) last.
-ORDER = ("full", "quick", "airbench94_muon", "seed", "cifar10_speedrun")
-OURS = ("full", "seed", "quick")
+ORDER = ("airbench", "quick", "airbench94_muon", "seed", "cifar10_speedrun")
+OURS = ("airbench", "seed", "quick")
 MIN_STEP_SECONDS = 60.0   # wall seconds any step needs (interpreter, data, compile); kept back for later steps
 TABLE_SECONDS = 10.0      # wall seconds kept back at the end for the CSV and the table
 
@@ -214,7 +214,7 @@ def build_plan(args: argparse.Namespace, ctx: dict) -> list[tuple[str, object]]:
     if args.quick:
         steps = {"quick": lambda t: run_ours("quick", 2, 0, ctx, t)}
     else:
-        steps = {"full": lambda t: run_ours("full", args.runs, 1, ctx, t),
+        steps = {"airbench": lambda t: run_ours("airbench", args.runs, 1, ctx, t),
                  "seed": lambda t: run_ours("seed", args.seed_runs, 1, ctx, t)}
     peer_runs = args.peer_runs or (2 if args.quick else args.runs)
     for name, path in args.peer:
@@ -266,7 +266,7 @@ def write_csv(rows: list[dict], path: Path) -> list[dict]:
 def comparison(rows: list[dict]) -> list[str]:
     """Our time as a fraction of airbench94_muon's (target below 1.0, record about 0.78) and the accuracy gap."""
     by_name = {row["recipe"]: row for row in rows}
-    ours, peer = by_name.get("full") or by_name.get("quick"), by_name.get("airbench94_muon")
+    ours, peer = by_name.get("airbench") or by_name.get("quick"), by_name.get("airbench94_muon")
     if not (ours and peer):
         return []
     name, peer_seconds = ours["recipe"], float(peer["mean_seconds"])
@@ -292,7 +292,7 @@ def format_table(rows: list[dict]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="CIFAR-10 source: a torchvision folder or the JPEG replica's .tar.gz")
-    p.add_argument("--runs", type=int, default=25, help="timed runs of `full` (after 1 warm-up) and of each peer")
+    p.add_argument("--runs", type=int, default=25, help="timed runs of `airbench` (after 1 warm-up) and of each peer")
     p.add_argument("--seed-runs", type=int, default=3, help="timed runs of `seed` (after 1 warm-up)")
     p.add_argument("--peer", action="append", default=[], metavar="NAME=PATH",
                    help="a peer's script, e.g. airbench94_muon=peers/airbench94_muon.py (repeatable)")

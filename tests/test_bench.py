@@ -88,13 +88,13 @@ def _row(recipe, acc, seconds):
 
 def test_csv_keeps_other_recipes_of_an_earlier_call(tmp_path):
     path = tmp_path / "2026-01-01-cpu.csv"
-    bench.write_csv([_row("full", 0.94, 2.0), _row("seed", 0.93, 9.0)], path)
+    bench.write_csv([_row("airbench", 0.94, 2.0), _row("seed", 0.93, 9.0)], path)
     table = bench.write_csv([_row("airbench94_muon", 0.94, 2.5), _row("seed", 0.935, 8.0)], path)
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["recipe"] for r in rows] == [r["recipe"] for r in table] == ["full", "airbench94_muon", "seed"]
+    assert [r["recipe"] for r in rows] == [r["recipe"] for r in table] == ["airbench", "airbench94_muon", "seed"]
     assert float(rows[2]["mean_seconds"]) == 8.0
-    assert any(line.startswith("mean seconds full / airbench94_muon = 0.800") for line in bench.comparison(table))
+    assert any(line.startswith("mean seconds airbench / airbench94_muon = 0.800") for line in bench.comparison(table))
 
 
 def test_cut_short_runs_are_flagged():
@@ -154,7 +154,7 @@ def test_set_must_name_a_config_field(tmp_path, capsys):
 
 
 def test_profile_run_sorts_a_real_runs_time_and_never_beats_the_flop_floor(replica, tmp_path):
-    # benchmarks/profile_run.py, the follow-up when `full` misses: the same script a GPU session runs.
+    # benchmarks/profile_run.py, the follow-up when a profile misses: the same script a GPU session runs.
     out = tmp_path / "profile"
     cmd = [sys.executable, str(REPO / "benchmarks" / "profile_run.py"), "--profile", "quick", "--data", str(replica),
            "--set", "epochs=1", "--set", "train_subset=1000", "--set", "test_subset=500", "--out", str(out), "--trace"]
