@@ -44,12 +44,12 @@ SPEEDRUN_LOG = "\n".join([
 
 def test_parser_reads_airbench_runs_and_drops_warmup_and_unfinished_runs():
     runs = bench.parse_peer_output(AIRBENCH_LOG)
-    assert runs == [("0", 0.9401, 2.6012), ("1", 0.9395, 2.59)]
+    assert runs == [("0", 0.9401, 2.6012, 0.7), ("1", 0.9395, 2.59, 0.4)]   # with the last epoch row's time
 
 
 def test_parser_reads_speedrun_rows_behind_carriage_returns():
     runs = bench.parse_peer_output(SPEEDRUN_LOG)
-    assert [(r.label, r.accuracy, r.seconds) for r in runs] == [("1", 0.9401, 2.0133), ("2", 0.9407, 2.0131)]
+    assert runs == [("1", 0.9401, 2.0133, None), ("2", 0.9407, 2.0131, None)]   # no epoch rows
 
 
 def test_parser_ignores_tables_without_the_header():
@@ -95,6 +95,26 @@ def test_csv_keeps_other_recipes_of_an_earlier_call(tmp_path):
     assert [r["recipe"] for r in rows] == [r["recipe"] for r in table] == ["airbench", "airbench94_muon", "seed"]
     assert float(rows[2]["mean_seconds"]) == 8.0
     assert any(line.startswith("mean seconds airbench / airbench94_muon = 0.800") for line in bench.comparison(table))
+
+
+def test_every_recipe_is_reported_under_each_timing_scope():
+    ours = bench.our_scopes([{"train_seconds": "2.0", "init_seconds": "0.1", "tta_seconds": "0.3"},
+                             {"train_seconds": "2.2", "init_seconds": "0.1", "tta_seconds": "0.3"}])
+    assert ours["steps_seconds"] == [2.0, 2.2]
+    assert ours["airbench_scope_seconds"] == ours["hiverge_scope_seconds"] == pytest.approx([2.4, 2.6])
+    airbench = bench.peer_scopes(bench.parse_peer_output(AIRBENCH_LOG))
+    assert airbench == {"steps_seconds": [0.7, 0.4], "airbench_scope_seconds": [2.6012, 2.59],
+                        "hiverge_scope_seconds": [2.6012, 2.59]}
+    speedrun = bench.peer_scopes(bench.parse_peer_output(SPEEDRUN_LOG))
+    assert speedrun["steps_seconds"] == [] and speedrun["hiverge_scope_seconds"] == [2.0133, 2.0131]
+    info = {"gpu": "H200", "torch": "2.x", "data": "CIFAR-10", "date": "2026-01-01"}
+    rows = [bench.summarise("record", [0.94, 0.94], [2.0, 2.2], info, "", 2, 0, ours),
+            bench.summarise("cifar10_speedrun", [0.94, 0.94], [2.0133, 2.0131], info, "", 2, 0, speedrun)]
+    assert rows[1]["steps_seconds"] == "" and rows[0]["airbench_scope_seconds"] == 2.5
+    lines = bench.comparison(rows)
+    assert lines[0].startswith("mean seconds record / cifar10_speedrun = 1.043")
+    assert [line.split(":")[0].strip() for line in lines[2:]] == ["airbench_scope", "hiverge_scope"]
+    assert lines[-1].endswith(f"{2.5 / 2.0132:.3f}")
 
 
 def test_cut_short_runs_are_flagged():
