@@ -190,7 +190,9 @@ def test_interrupt_keeps_history(synthetic, monkeypatch):
 
 
 @pytest.mark.parametrize("field,value", [("batch_size", 0), ("lr", -1.0), ("flip", "sideways"),
-                                         ("widths", (8, 16)), ("epochs", 0)])
+                                         ("widths", (8, 16)), ("epochs", 0), ("brightness", -0.1),
+                                         ("muon_batch", "all"), ("ns_coeffs", (3.4, -4.7)),
+                                         ("renorm_every", 0), ("whiten_act", "tanh"), ("tta", "best")])
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=f"TrainConfig.{field}"):
         tiny_cfg(**{field: value})
