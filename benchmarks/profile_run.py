@@ -1,10 +1,10 @@
 """Where one training run's time goes, and how far it is from the FLOP floor.
 
-Why: if `full` misses its target against airbench94_muon (benchmarks/README.md), the next question is
+Why: if `airbench` misses its target against airbench94_muon (benchmarks/README.md), the next question is
 whether the GPU is busy with the wrong work, busy with the right work done slowly, or idle while Python
 launches kernels. One command answers it:
 
-    python benchmarks/profile_run.py --profile full --data .carry/cifar10-jpeg.tar.gz --out "$OUT/profile"
+    python benchmarks/profile_run.py --profile record --data .carry/cifar10-jpeg.tar.gz --out "$OUT/profile"
 
 It trains once uncounted (compilation, autotuning), once more for a clean time, then once under
 torch.profiler, and prints (and writes as CSV under --out):
@@ -218,7 +218,7 @@ def summarise(cfg, clean_seconds: float, figures: dict, rate: float, data_source
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--profile", default="full", help="the profile to train (default full)")
+    p.add_argument("--profile", default="record", help="the profile to train (default record)")
     p.add_argument("--data", required=True, help="CIFAR-10 source: a torchvision folder or the replica's .tar.gz")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
                    help="change the profile's config, as in gpu_bench.py (repeatable)")

@@ -54,7 +54,7 @@ def parse_changes(items: list[str]) -> dict:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Train a profile and write its run records.")
     parser.add_argument("--profile", default=None, help=f"one of {PROFILE_NAMES + ('auto',)} "
-                        "(default: HLB_PROFILE, else auto = full on CUDA, cpu elsewhere)")
+                        "(default: HLB_PROFILE, else auto = record on CUDA, cpu elsewhere)")
     parser.add_argument("--runs", type=int, default=1, help="timed runs with seeds seed, seed+1, ...")
     parser.add_argument("--warmup-runs", type=int, default=0, help="untimed runs first (compile, caches)")
     parser.add_argument("--data", default=None, help="CIFAR-10 source (default: HLB_DATA)")

@@ -4,7 +4,7 @@ Taught in notebook 01 (the data pipeline). CIFAR-10 fits in GPU memory (50,000 i
 about 300 MB), so instead of a DataLoader with worker processes decoding PIL images one at a time,
 `DeviceLoader` keeps the normalised, reflect-padded dataset on the device and makes each epoch with
 a handful of tensor operations: random translation (cropping the padded images), horizontal flips
-(random, or airbench's "alternating" flips) and cutout. The small functions below are the pieces; a
+(random, or airbench's "alternating" flips), cutout, and hiverge's brightness and contrast jitter. The small functions below are the pieces; a
 notebook can show and call each one on its own. Each returns a new tensor and leaves its input alone.
 """
 from __future__ import annotations
@@ -162,6 +162,24 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tens
     return cutout_at(x, size, top, left)
 
 
+def color_jitter_at(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """(x[i] + shift[i]) * scale[i]: brightness, then contrast about 0, in normalised units (hiverge's record).
+
+    0 is the dataset mean, so scaling about it changes contrast without moving the mean colour.
+    """
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    shift = shift.to(x.device, x.dtype).view(shape)
+    return (x + shift) * scale.to(x.device, x.dtype).view(shape)
+
+
+def random_color_jitter(n: int, brightness: float, contrast: float,
+                        generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """n brightness shifts uniform in +-brightness and contrast factors uniform in 1 +- contrast."""
+    shift = (torch.rand(n, generator=generator, device=generator.device) * 2 - 1) * brightness
+    scale = 1 + (torch.rand(n, generator=generator, device=generator.device) * 2 - 1) * contrast
+    return shift, scale
+
+
 def _check_uint8(images: torch.Tensor, name: str) -> None:
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
         got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
@@ -181,7 +199,8 @@ class DeviceLoader:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, train: bool = True,
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  channels_last: bool = False, mean=None, std=None, flip: str = "alternate",
-                 translate: int = 0, cutout: int = 0, seed: int = 0, drop_last: bool | None = None):
+                 translate: int = 0, cutout: int = 0, brightness: float = 0.0, contrast: float = 0.0,
+                 seed: int = 0, drop_last: bool | None = None):
         _check_uint8(images, "images")
         _check_options(images, labels, batch_size, flip, translate, cutout)
         self.device, self.dtype, self.channels_last = torch.device(device), dtype, channels_last
@@ -192,6 +211,9 @@ class DeviceLoader:
         self.std = torch.as_tensor(std, dtype=torch.float32).cpu()
         self.train, self.batch_size, self.seed = train, batch_size, seed
         self.flip, self.cutout = flip, cutout
+        if not (0 <= brightness and 0 <= contrast < 1):
+            raise ValueError(f"brightness={brightness} must be >= 0 and contrast={contrast} in 0..1 (normalised units)")
+        self.brightness, self.contrast = brightness, contrast
         self.drop_last = train if drop_last is None else drop_last
         # only the padded copy is stored: `images` is a view of its centre
         self._pad = translate if train else 0
@@ -233,7 +255,7 @@ class DeviceLoader:
         return self._batches(state, chunks)
 
     def _plan(self) -> tuple:
-        """The epoch's random choices, on the CPU: order, offsets, flips, cutout corners."""
+        """The epoch's random choices, on the CPU: order, offsets, flips, cutout corners, colour jitter."""
         n, batch, gen = len(self.labels), self.batch_size, self._generator
         used = min(n, len(self) * batch)
         order = torch.randperm(n, generator=gen)[:used] if self.train else torch.arange(n)
@@ -248,15 +270,18 @@ class DeviceLoader:
         if self.train and self.cutout:
             room = self._padded.shape[-1] - 2 * self._pad - self.cutout + 1
             corners = [torch.randint(0, room, (n,), generator=gen) for _ in range(2)]
+        jitter = None
+        if self.train and (self.brightness or self.contrast):
+            jitter = random_color_jitter(n, self.brightness, self.contrast, gen)
         # Within a batch the order does not matter, so sort each batch by (offset, flip): crop_at
         # can then write every group in place.
         mirrored = torch.zeros(n, dtype=torch.long) if flips is None else flips.long()
         key = ((torch.arange(used) // batch * span * span + dy[order] * span + dx[order]) * 2
                + mirrored[order])
         order = order[torch.argsort(key, stable=True)]
-        return order, dy, dx, flips, corners
+        return order, dy, dx, flips, corners, jitter
 
-    def _chunks(self, order, dy, dx, flips, corners) -> list[tuple]:
+    def _chunks(self, order, dy, dx, flips, corners, jitter) -> list[tuple]:
         """Everything the epoch's kernels need, worked out on the host and copied to the device at
         `iter(loader)`: the trainer calls it before its clock starts, so no timed step waits for a copy."""
         size = self._padded.shape[-1] - 2 * self._pad
@@ -267,17 +292,20 @@ class DeviceLoader:
             crops = _plan_crops(self._padded, size, dy[idx], dx[idx], index=idx,
                                 flip=None if flips is None else flips[idx])
             cut = None if corners is None else [c[idx].to(self.device) for c in corners]
-            chunks.append((crops, cut, idx.to(self.device)))
+            jit = None if jitter is None else [j[idx].to(self.device) for j in jitter]
+            chunks.append((crops, cut, jit, idx.to(self.device)))
         return chunks
 
     def _batches(self, state, chunks) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         size = self._padded.shape[-1] - 2 * self._pad
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        for crops, cut, idx in chunks:
+        for crops, cut, jitter, idx in chunks:
             with region("hlb:augment"):
                 x = _apply_crops(self._padded, size, crops)
                 if cut is not None:
                     x = cutout_at(x, self.cutout, *cut)
+                if jitter is not None:
+                    x = color_jitter_at(x, *jitter)
                 x = x.contiguous(memory_format=memory_format)
                 y = self.labels[idx]
             for b in range(0, len(idx), self.batch_size):
@@ -287,8 +315,8 @@ class DeviceLoader:
                 yield x[b:b + self.batch_size], y[b:b + self.batch_size]
 
     def _state(self) -> tuple:
-        return (self.batch_size, self.train, self.flip, self.cutout, self.drop_last, self.channels_last,
-                self._resets)
+        return (self.batch_size, self.train, self.flip, self.cutout, self.brightness, self.contrast,
+                self.drop_last, self.channels_last, self._resets)
 
     def __repr__(self) -> str:
         return (f"DeviceLoader({len(self.labels)} images, batch_size={self.batch_size}, train={self.train}, "

@@ -205,7 +205,7 @@ class Net(nn.Module):
 
 
 def make_record_net(widths: tuple = (64, 256, 256), act: str = "gelu", bn_momentum: float = 0.4,
-                    bn_eps: float = 1e-12, classes: int = 10) -> nn.Module:
+                    bn_eps: float = 1e-12, whiten_act: str | None = None, classes: int = 10) -> nn.Module:
     """The airbench94_muon network (notebooks 05 and 06): about 2.0 M parameters at default widths.
 
     whiten (24 ch) -> act -> 3 groups of conv-pool-BN-act-conv-BN-act -> global max -> Linear -> /width.
@@ -214,6 +214,8 @@ def make_record_net(widths: tuple = (64, 256, 256), act: str = "gelu", bn_moment
     airbench pools with MaxPool2d(3) on the final 3x3 map: the same forward pass as our global max at
     32x32 input; only where a map has ties does the gradient differ (amax splits it, MaxPool2d picks one
     position; DEVELOPERS.md has the step-by-step check).
+    `whiten_act` is the activation after the whitening (default: `act`); hiverge's record uses SiLU in
+    the groups (`act='silu'`) and keeps GELU there.
     """
     if len(widths) != 3:
         raise ValueError(f"make_record_net: widths={widths!r} must have 3 entries")
@@ -222,7 +224,8 @@ def make_record_net(widths: tuple = (64, 256, 256), act: str = "gelu", bn_moment
     for w in widths:
         groups.append(ConvGroup(c_in, int(w), act, bn_momentum, bn_eps, second_conv=True))
         c_in = int(w)
-    net = Net(whiten, nn.Sequential(make_act(act), *groups), c_in, head_scale=1.0 / c_in, classes=classes)
+    net = Net(whiten, nn.Sequential(make_act(whiten_act or act), *groups), c_in, head_scale=1.0 / c_in,
+              classes=classes)
     for m in net.modules():
         if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3):
             dirac_init(m)
@@ -259,15 +262,16 @@ def make_seed_net(widths: tuple = (32, 128, 256, 512), act: str = "gelu", bn_mom
 
 
 def make_net(cfg, classes: int = 10) -> nn.Module:
-    """The network a `TrainConfig` asks for (`cfg.net`, `widths`, `act`, `bn_momentum`, `bn_eps`).
+    """The network a `TrainConfig` asks for (`cfg.net`, `widths`, `act`, `whiten_act`, `bn_momentum`, `bn_eps`).
 
     `classes` sizes the head: `train()` passes the data's own count, so a learner's own image folder
     (see `data.load_cifar10`) trains unchanged whatever its number of classes.
     """
-    builders = {"record": make_record_net, "seed": make_seed_net}
-    if cfg.net not in builders:
-        raise ValueError(f"TrainConfig.net={cfg.net!r} is unknown; choose one of {tuple(builders)}")
-    return builders[cfg.net](tuple(cfg.widths), cfg.act, cfg.bn_momentum, cfg.bn_eps, classes)
+    if cfg.net == "record":
+        return make_record_net(tuple(cfg.widths), cfg.act, cfg.bn_momentum, cfg.bn_eps, cfg.whiten_act, classes)
+    if cfg.net == "seed":
+        return make_seed_net(tuple(cfg.widths), cfg.act, cfg.bn_momentum, cfg.bn_eps, classes)
+    raise ValueError(f"TrainConfig.net={cfg.net!r} is unknown; choose one of ('record', 'seed')")
 
 
 def count_params(net: nn.Module, trainable_only: bool = False) -> int:
@@ -301,7 +305,7 @@ def run_flops(cfg, n_train: int = 50_000, n_test: int = 10_000) -> dict:
     (`tta_pflops`), plus the per-epoch test passes `eval_every` asks for (`eval_pflops`).
     airbench94_muon publishes 0.29 PFLOPs for training plus its 6-view TTA.
     """
-    from .evaluate import tta_views   # evaluate does not import model; kept local all the same
+    from .evaluate import tta_passes   # evaluate does not import model; kept local all the same
 
     net = make_net(cfg)
     per_image = count_flops(net, train=True)
@@ -313,7 +317,7 @@ def run_flops(cfg, n_train: int = 50_000, n_test: int = 10_000) -> dict:
     small_per_image = count_flops(net, batch=2, train=True, image_size=cfg.low_res) // 2 if small else 0
     train_flops = cfg.batch_size * ((steps - small) * per_image + small * small_per_image)
     forward = count_flops(net, train=False)
-    views = len(tta_views(torch.zeros(1, 3, 32, 32), cfg.tta))
+    views = tta_passes(cfg.tta)
     evals = math.ceil(cfg.epochs / cfg.eval_every) if cfg.eval_every else 1
     return dict(profile=cfg.profile, net=cfg.net, widths=str(tuple(cfg.widths)), params=count_params(net),
                 gflops_train_image=per_image / 1e9, train_pflops=train_flops / 1e15,

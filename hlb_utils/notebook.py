@@ -89,7 +89,7 @@ def setup(profile: str | None = None) -> dict:
     """Say where this notebook runs and how: profile, device (with a GPU's compute capability),
     precision, compile mode, torch and data source; returns them as a dict.
 
-    The profile follows `profile`, else `HLB_PROFILE`, else 'auto' (full on CUDA, cpu elsewhere);
+    The profile follows `profile`, else `HLB_PROFILE`, else 'auto' (record on CUDA, cpu elsewhere);
     the data follows `HLB_DATA`. In Jupyter it also switches on inline figures, so that a cell
     ending in a Figure shows it; otherwise it only reports.
     """
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="execute a notebook and save it with its outputs")
     run.add_argument("notebook", help="e.g. notebooks/06_record_run.ipynb")
     run.add_argument("--out", default="runs/record", help="folder for the executed notebook and run records")
-    run.add_argument("--profile", default=None, help="full, seed, cpu, quick (default: HLB_PROFILE or auto)")
+    run.add_argument("--profile", default=None, help="record, airbench, seed, cpu, quick (default: HLB_PROFILE or auto)")
     run.add_argument("--data", default=None, help="CIFAR-10 source (default: HLB_DATA, else a download)")
     run.add_argument("--timeout", type=int, default=3600, help="seconds allowed per cell")
     args = parser.parse_args(argv)

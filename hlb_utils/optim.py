@@ -18,6 +18,7 @@ from .device import pick_dtype
 
 # Quintic Newton-Schulz coefficients of airbench94_muon / Keller Jordan's Muon: picked to lift small
 # singular values fast, at the price of leaving them spread around 1 instead of exactly 1.
+# hiverge's record retuned them (TrainConfig.ns_coeffs in the `record` profile).
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 PARAM_KINDS = ("filters", "norm_biases", "whiten_bias", "head", "other")
 
@@ -56,7 +57,8 @@ def split_params(net: nn.Module) -> dict[str, list[nn.Parameter]]:
     return parts
 
 
-def newton_schulz(G: torch.Tensor, steps: int = 3, dtype: torch.dtype | None = None) -> torch.Tensor:
+def newton_schulz(G: torch.Tensor, steps: int = 3, dtype: torch.dtype | None = None,
+                  coeffs: tuple = NS_COEFFS) -> torch.Tensor:
     """Approximately orthogonalise matrices: push every singular value of G towards 1 (notebook 05).
 
     G is (..., m, n); a batch of same-shaped matrices runs at once. Each is first divided by its
@@ -64,9 +66,9 @@ def newton_schulz(G: torch.Tensor, steps: int = 3, dtype: torch.dtype | None = N
     a X + (b XX^T + c (XX^T)^2) X, which acts on each singular value s as a s + b s^3 + c s^5.
     With 3 steps the singular values land roughly in 0.5..1.5, which trains as well as exactly 1.
     Runs in `dtype` (default: the device's compute precision, `device.pick_dtype`: bf16 on recent
-    GPUs, fp16 on T4/V100, fp32 elsewhere) and returns that dtype.
+    GPUs, fp16 on T4/V100, fp32 elsewhere) and returns that dtype. `coeffs` are (a, b, c).
     """
-    a, b, c = NS_COEFFS
+    a, b, c = coeffs
     X = G.to(dtype or pick_dtype(G.device))
     tall = X.shape[-2] > X.shape[-1]
     if tall:
@@ -88,39 +90,90 @@ class Muon(torch.optim.Optimizer):
     """Momentum, then an orthogonalised update per conv filter bank (airbench94_muon, notebook 05).
 
     Each 4-D weight's update is reshaped to (out, in*k*k) and orthogonalised by `newton_schulz`;
-    weights of the same shape are stacked and orthogonalised in one batched call. As in
-    airbench94_muon, each weight is first rescaled to Frobenius norm sqrt(out channels); the
-    orthogonalised update has about that norm too (its singular values are ~1 and there are
-    min(out, in*k*k) = out of them for our convs), so `lr` is the relative step size whatever the
-    shape. The rescaling makes weight decay pointless, so Muon has none.
+    weights of the same shape are stacked and orthogonalised in one batched call (`batch='pad'`:
+    all of them, zero-padded to one shape, as hiverge's record does; the zeros stay zero, so the
+    result is the same). As in airbench94_muon, each weight is first rescaled to Frobenius norm
+    sqrt(out channels); the orthogonalised update has about that norm too (its singular values are
+    ~1 and there are min(out, in*k*k) = out of them for our convs), so `lr` is the relative step size
+    whatever the shape. airbench rescales at every step (`renorm_every=1`); hiverge only once
+    `renorm_every + int(renorm_growth * progress)` steps have passed since the last time, which needs
+    `total_steps` (the trainer sets it). `weight_decay` is decoupled: w *= 1 - lr * weight_decay after
+    each update (hiverge's; with a rescaling at every step it would be pointless).
     `dtype=None` picks `device.pick_dtype` of each weight's device.
     """
 
     def __init__(self, params, lr: float = 0.24, momentum: float = 0.6, nesterov: bool = True,
-                 ns_steps: int = 3, dtype: torch.dtype | None = None) -> None:
-        if lr < 0 or not 0 <= momentum < 1 or ns_steps < 1:
-            raise ValueError(f"Muon: need lr >= 0, 0 <= momentum < 1, ns_steps >= 1; "
-                             f"got lr={lr}, momentum={momentum}, ns_steps={ns_steps}")
-        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps))
-        self.ns_dtype = dtype
+                 ns_steps: int = 3, dtype: torch.dtype | None = None, ns_coeffs: tuple = NS_COEFFS,
+                 weight_decay: float = 0.0, renorm_every: int = 1, renorm_growth: float = 0.0,
+                 batch: str = "shape", total_steps: int | None = None) -> None:
+        if lr < 0 or not 0 <= momentum < 1 or ns_steps < 1 or renorm_every < 1 or batch not in ("shape", "pad"):
+            raise ValueError(f"Muon: need lr >= 0, 0 <= momentum < 1, ns_steps >= 1, renorm_every >= 1, "
+                             f"batch 'shape' or 'pad'; got lr={lr}, momentum={momentum}, ns_steps={ns_steps}, "
+                             f"renorm_every={renorm_every}, batch={batch!r}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
+                                      ns_coeffs=tuple(ns_coeffs), weight_decay=weight_decay))
+        self.ns_dtype, self.batch = dtype, batch
+        self.renorm_every, self.renorm_growth, self.total_steps = renorm_every, renorm_growth, total_steps
+        self.steps_done, self.last_renorm = 0, 0
+
+    def state_dict(self) -> dict:
+        """torch's state plus the rescaling clock, so a saved and restored Muon rescales on schedule."""
+        return {**super().state_dict(), "renorm_clock": (self.steps_done, self.last_renorm)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        self.steps_done, self.last_renorm = state_dict.pop("renorm_clock", (0, 0))
+        super().load_state_dict(state_dict)
+
+    def _renorm_due(self) -> bool:
+        """Count this step; True if the weights are to be rescaled before it."""
+        self.steps_done += 1
+        growth = 0
+        if self.renorm_growth:
+            if not self.total_steps:
+                raise ValueError("Muon: renorm_growth needs total_steps (the run's step count)")
+            growth = int(self.renorm_growth * self.steps_done / self.total_steps)
+        if self.steps_done - self.last_renorm < self.renorm_every + growth:
+            return False
+        self.last_renorm = self.steps_done
+        return True
 
     @torch.no_grad()
     def step(self, closure=None):
         loss = torch.enable_grad()(closure)() if closure is not None else None
+        renorm = self._renorm_due()
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            by_shape = defaultdict(list)
-            for p, update in zip(params, self._momentum(params, group)):
-                by_shape[(p.shape, p.device)].append((p, update))
-            for (shape, _), items in by_shape.items():
-                updates = newton_schulz(torch.stack([g.reshape(shape[0], -1) for _, g in items]),
-                                        group["ns_steps"], self.ns_dtype)
-                for (p, _), update in zip(items, updates):
-                    p.mul_(shape[0] ** 0.5 / p.norm().clamp_min(1e-12))
-                    p.add_(update.view(shape).to(p.dtype), alpha=-group["lr"])
+            updates = self._orthogonalise(self._momentum(params, group), group)
+            lr, decay = group["lr"], 1 - group["lr"] * group["weight_decay"]
+            for p, update in zip(params, updates):
+                if renorm:
+                    p.mul_(p.shape[0] ** 0.5 / p.norm().clamp_min(1e-12))
+                p.add_(update.to(p.dtype), alpha=-lr)
+                if decay != 1:
+                    p.mul_(decay)
         return loss
+
+    def _orthogonalise(self, updates: list, group: dict) -> list:
+        """newton_schulz of each update as an (out, in*k*k) matrix, batched by shape or all padded together."""
+        mats = [u.reshape(u.shape[0], -1) for u in updates]
+        def run(stack):
+            return newton_schulz(stack, group["ns_steps"], self.ns_dtype, group["ns_coeffs"])
+
+        if self.batch == "pad" and len({m.device for m in mats}) == 1:
+            rows, cols = max(m.shape[0] for m in mats), max(m.shape[1] for m in mats)
+            padded = run(torch.stack([F.pad(m, (0, cols - m.shape[1], 0, rows - m.shape[0])) for m in mats]))
+            return [o[:m.shape[0], :m.shape[1]].reshape(u.shape) for o, m, u in zip(padded, mats, updates)]
+        by_shape = defaultdict(list)
+        for i, m in enumerate(mats):
+            by_shape[(m.shape, m.device)].append(i)
+        out = [None] * len(mats)
+        for indices in by_shape.values():
+            for i, o in zip(indices, run(torch.stack([mats[i] for i in indices]))):
+                out[i] = o.reshape(updates[i].shape)
+        return out
 
     def _momentum(self, params: list, group: dict) -> list:
         """buf <- momentum * buf + grad; the update is grad + momentum * buf (Nesterov) or buf.
@@ -252,7 +305,8 @@ def make_optimizers(net: nn.Module, cfg, dtype: torch.dtype | None = None) -> li
     'muon': Muon on the filters; Nesterov SGD on 'whiten_bias', 'norm_biases' and 'other' (bias_lr)
     and 'head' (head_lr). 'sgd': one Nesterov SGD; filters and other at lr. Weight decay is
     `cfg.weight_decay * cfg.batch_size` per step at full lr, scaled by the schedule (see `_group`);
-    as in airbench it is PyTorch's coupled L2 term, so it also flows through momentum.
+    as in airbench it is PyTorch's coupled L2 term, so it also flows through momentum. Muon's own
+    decay (`cfg.filter_weight_decay`, hiverge's) is decoupled; its step count is set by the trainer.
     The trainer sets group['lr'] = group['initial_lr'] * lr_multiplier(...) each step, and sets
     the 'whiten_bias' group's lr on its own clock: linearly down to 0 over cfg.whiten_bias_epochs.
     `dtype` is the run's precision (`device.pick_dtype` of cfg.dtype): Muon's Newton-Schulz runs in it,
@@ -265,7 +319,10 @@ def make_optimizers(net: nn.Module, cfg, dtype: torch.dtype | None = None) -> li
     if cfg.optimizer == "muon":
         sgd_groups.append(_group("other", parts["other"], cfg.bias_lr, wd))
         filters = dict(params=parts["filters"], lr=cfg.lr, initial_lr=cfg.lr, name="filters")
-        optimizers = [Muon([filters], lr=cfg.lr, momentum=cfg.momentum, ns_steps=cfg.ns_steps, dtype=dtype)]
+        optimizers = [Muon([filters], lr=cfg.lr, momentum=cfg.momentum, ns_steps=cfg.ns_steps,
+                           ns_coeffs=cfg.ns_coeffs, weight_decay=cfg.filter_weight_decay * cfg.batch_size,
+                           renorm_every=cfg.renorm_every, renorm_growth=cfg.renorm_growth,
+                           batch=cfg.muon_batch, dtype=dtype)]
     elif cfg.optimizer == "sgd":
         sgd_groups.append(_group("filters", parts["filters"] + parts["other"], cfg.lr, wd))
         optimizers = []

@@ -34,10 +34,9 @@ from .evaluate import evaluate, memory_format_of
 from .loader import DeviceLoader
 from .model import init_whitening, make_net
 from . import optim as optim_mod
-from .optim import EMA, Lookahead, lr_multiplier, smoothed_cross_entropy
+from .optim import EMA, Lookahead, Muon, lr_multiplier, smoothed_cross_entropy
 from .progress import LiveTable
 
-WHITEN_IMAGES = 5000  # training images used to estimate the patch covariance (airbench's choice)
 COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "ema_acc", "tta_acc", "train_seconds"]
 
 
@@ -93,7 +92,7 @@ def make_loaders(cfg: TrainConfig, data, device, dtype=torch.float32, channels_l
     test_x, test_y = _subset(data.test_images, data.test_labels, cfg.test_subset)
     train = DeviceLoader(train_x, train_y, cfg.batch_size, train=True, device=device, dtype=dtype,
                          channels_last=channels_last, flip=cfg.flip, translate=cfg.translate,
-                         cutout=cfg.cutout, seed=cfg.seed)
+                         cutout=cfg.cutout, brightness=cfg.brightness, contrast=cfg.contrast, seed=cfg.seed)
     # 2000 test images per batch on a GPU and 1000 on the CPU keep evaluation memory small.
     eval_batch = 2000 if device.type == "cuda" else 1000
     test = DeviceLoader(test_x, test_y, eval_batch, train=False, device=device, dtype=dtype,
@@ -240,7 +239,7 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
     init_start = time.perf_counter()
     if hasattr(net, "whiten"):
         # a seeded random sample: folder sources store the images class by class
-        pick = data_mod.shuffled_indices(len(train_loader.images), WHITEN_IMAGES, cfg.seed)
+        pick = data_mod.shuffled_indices(len(train_loader.images), cfg.whiten_images, cfg.seed)
         with region("hlb:whiten_init"):
             init_whitening(net, train_loader.images[pick.to(device)])
     init_seconds = time.perf_counter() - init_start
@@ -306,12 +305,16 @@ class _Run:
             raise ValueError(f"TrainConfig.batch_size={cfg.batch_size} is larger than the "
                              f"{cfg.train_subset or 'all'} training images; lower it")
         self.total_steps = max(1, round(cfg.epochs * self.steps_per_epoch))
-        self.whiten_steps = round(cfg.whiten_bias_epochs * self.steps_per_epoch)
+        # ceil, as the anchors count it (hiverge: ceil(0.19 * 32) = 7 steps); round() first drops float noise
+        self.whiten_steps = math.ceil(round(cfg.whiten_bias_epochs * self.steps_per_epoch, 6))
         self.low_res_steps = round(cfg.low_res_epochs * self.steps_per_epoch) if cfg.low_res else 0
         self.ema_start = self.total_steps - round(cfg.ema_epochs * self.steps_per_epoch)
         self.ema = None  # made at the step where averaging starts (a copy of the weights then)
         self.lookahead = Lookahead(net, self.total_steps) if cfg.lookahead else None
         self.timer = Timer(device)
+        for opt in optimizers:
+            if isinstance(opt, Muon):
+                opt.total_steps = self.total_steps   # its renormalisation period grows with progress
         self.table = LiveTable(COLUMNS, enabled=verbose)
         self.loss_fn = self.default_loss
 

@@ -44,12 +44,12 @@ SPEEDRUN_LOG = "\n".join([
 
 def test_parser_reads_airbench_runs_and_drops_warmup_and_unfinished_runs():
     runs = bench.parse_peer_output(AIRBENCH_LOG)
-    assert runs == [("0", 0.9401, 2.6012), ("1", 0.9395, 2.59)]
+    assert runs == [("0", 0.9401, 2.6012, 0.7), ("1", 0.9395, 2.59, 0.4)]   # with the last epoch row's time
 
 
 def test_parser_reads_speedrun_rows_behind_carriage_returns():
     runs = bench.parse_peer_output(SPEEDRUN_LOG)
-    assert [(r.label, r.accuracy, r.seconds) for r in runs] == [("1", 0.9401, 2.0133), ("2", 0.9407, 2.0131)]
+    assert runs == [("1", 0.9401, 2.0133, None), ("2", 0.9407, 2.0131, None)]   # no epoch rows
 
 
 def test_parser_ignores_tables_without_the_header():
@@ -89,13 +89,33 @@ def _row(recipe, acc, seconds):
 
 def test_csv_keeps_other_recipes_of_an_earlier_call(tmp_path):
     path = tmp_path / "2026-01-01-cpu.csv"
-    bench.write_csv([_row("full", 0.94, 2.0), _row("seed", 0.93, 9.0)], path)
+    bench.write_csv([_row("airbench", 0.94, 2.0), _row("seed", 0.93, 9.0)], path)
     table = bench.write_csv([_row("airbench94_muon", 0.94, 2.5), _row("seed", 0.935, 8.0)], path)
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["recipe"] for r in rows] == [r["recipe"] for r in table] == ["full", "airbench94_muon", "seed"]
+    assert [r["recipe"] for r in rows] == [r["recipe"] for r in table] == ["airbench", "airbench94_muon", "seed"]
     assert float(rows[2]["mean_seconds"]) == 8.0
-    assert any(line.startswith("mean seconds full / airbench94_muon = 0.800") for line in bench.comparison(table))
+    assert any(line.startswith("mean seconds airbench / airbench94_muon = 0.800") for line in bench.comparison(table))
+
+
+def test_every_recipe_is_reported_under_each_timing_scope():
+    ours = bench.our_scopes([{"train_seconds": "2.0", "init_seconds": "0.1", "tta_seconds": "0.3"},
+                             {"train_seconds": "2.2", "init_seconds": "0.1", "tta_seconds": "0.3"}])
+    assert ours["steps_seconds"] == [2.0, 2.2]
+    assert ours["airbench_scope_seconds"] == ours["hiverge_scope_seconds"] == pytest.approx([2.4, 2.6])
+    airbench = bench.peer_scopes(bench.parse_peer_output(AIRBENCH_LOG))
+    assert airbench == {"steps_seconds": [0.7, 0.4], "airbench_scope_seconds": [2.6012, 2.59],
+                        "hiverge_scope_seconds": [2.6012, 2.59]}
+    speedrun = bench.peer_scopes(bench.parse_peer_output(SPEEDRUN_LOG))
+    assert speedrun["steps_seconds"] == [] and speedrun["hiverge_scope_seconds"] == [2.0133, 2.0131]
+    info = {"gpu": "H200", "torch": "2.x", "data": "CIFAR-10", "date": "2026-01-01"}
+    rows = [bench.summarise("record", [0.94, 0.94], [2.0, 2.2], info, "", 2, 0, ours),
+            bench.summarise("cifar10_speedrun", [0.94, 0.94], [2.0133, 2.0131], info, "", 2, 0, speedrun)]
+    assert rows[1]["steps_seconds"] == "" and rows[0]["airbench_scope_seconds"] == 2.5
+    lines = bench.comparison(rows)
+    assert lines[0].startswith("mean seconds record / cifar10_speedrun = 1.043")
+    assert [line.split(":")[0].strip() for line in lines[2:]] == ["airbench_scope", "hiverge_scope"]
+    assert lines[-1].endswith(f"{2.5 / 2.0132:.3f}")
 
 
 def test_cut_short_runs_are_flagged():
@@ -160,7 +180,7 @@ def test_profile_run_sorts_a_real_runs_time_and_never_beats_the_flop_floor(repli
     from hlb_utils.config import get_profile
     from hlb_utils.model import make_net
 
-    # benchmarks/profile_run.py, the follow-up when `full` misses: the same script a GPU session runs.
+    # benchmarks/profile_run.py, the follow-up when a profile misses: the same script a GPU session runs.
     out = tmp_path / "profile"
     cmd = [sys.executable, str(REPO / "benchmarks" / "profile_run.py"), "--profile", "quick", "--data", str(replica),
            "--set", "epochs=1", "--set", "train_subset=1000", "--set", "test_subset=500", "--out", str(out), "--trace"]

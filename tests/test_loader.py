@@ -236,3 +236,28 @@ def test_image_grid_labels_each_image_and_undoes_the_normalisation():
     assert [ax.get_title() for ax in shown[:4]] == ["ant", "bee", "cat", "ant"]
     pixels = torch.as_tensor(shown[0].images[0].get_array().data)
     assert torch.allclose(pixels, images[0].permute(1, 2, 0) / 255, atol=1e-5)
+
+
+def test_color_jitter_shifts_then_scales_each_image():
+    x = torch.randn(4, 3, 8, 8)
+    shift, scale = torch.tensor([0.1, -0.1, 0.0, 0.05]), torch.tensor([1.1, 0.9, 1.0, 1.0])
+    out = L.color_jitter_at(x, shift, scale)
+    torch.testing.assert_close(out, (x + shift.view(-1, 1, 1, 1)) * scale.view(-1, 1, 1, 1))
+    shift, scale = L.random_color_jitter(10_000, 0.14, 0.13, gen())
+    assert shift.abs().max() <= 0.14 and (scale - 1).abs().max() <= 0.13
+    assert shift.min() < -0.13 and shift.max() > 0.13 and abs(shift.mean()) < 0.01
+
+
+def test_loader_jitters_colour_once_an_epoch_and_only_when_asked():
+    images, labels = random_uint8(200), torch.arange(200) % 10
+    plain = L.DeviceLoader(images, labels, 50, flip="none", translate=0, seed=1)
+    jitter = L.DeviceLoader(images, labels, 50, flip="none", translate=0, seed=1, brightness=0.2, contrast=0.2)
+    (a, ya), (b, yb) = next(iter(plain)), next(iter(jitter))
+    assert torch.equal(ya, yb)   # colour draws come after the shuffle: the same images in the same order
+    # per image, b = (a + shift) * scale: an affine map with one shift and one scale per image
+    scale = b.std(dim=(1, 2, 3)) / a.std(dim=(1, 2, 3))
+    assert (scale - 1).abs().max() <= 0.2 + 1e-5 and (scale - 1).abs().max() > 0.05
+    torch.testing.assert_close(b / scale.view(-1, 1, 1, 1) - a, (b / scale.view(-1, 1, 1, 1) - a).mean(
+        dim=(1, 2, 3), keepdim=True).expand_as(a), atol=1e-4, rtol=0)
+    test = L.DeviceLoader(images, labels, 50, train=False, brightness=0.2, contrast=0.2)
+    assert torch.equal(next(iter(test))[0], test.images[:50])

@@ -114,14 +114,14 @@ def test_muon_renormalises_weights_and_steps_by_lr_relative_to_them():
 
 
 def test_linear_schedule_warms_up_then_decays():
-    cfg = get_profile("full", schedule="linear", warmup=0.1, end_lr=0.0)
+    cfg = get_profile("airbench", schedule="linear", warmup=0.1, end_lr=0.0)
     assert [O.lr_multiplier(cfg, s, 100) for s in (0, 5, 10, 55, 100)] == pytest.approx([0, 0.5, 1, 0.5, 0])
-    airbench = get_profile("full", warmup=0.0, end_lr=0.0)
+    airbench = get_profile("airbench", warmup=0.0, end_lr=0.0)
     assert O.lr_multiplier(airbench, 0, 80) == 1.0 and O.lr_multiplier(airbench, 60, 80) == pytest.approx(0.25)
 
 
 def test_onecycle_schedule_rises_to_the_peak_then_falls_to_end():
-    cfg = get_profile("full", schedule="onecycle", start_lr=0.2, peak=0.25, end_lr=0.07)
+    cfg = get_profile("airbench", schedule="onecycle", start_lr=0.2, peak=0.25, end_lr=0.07)
     got = [O.lr_multiplier(cfg, s, 200) for s in (0, 25, 50, 125, 200)]
     assert got == pytest.approx([0.2, 0.6, 1.0, 0.535, 0.07])
     curve = O.schedule_curve(cfg, 200)
@@ -215,3 +215,67 @@ def test_record_net_with_muon_learns_synthetic_classes_in_a_few_steps():
         net.zero_grad(set_to_none=True)
         losses.append(loss.item() / n)
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_newton_schulz_takes_other_coefficients():
+    torch.manual_seed(0)
+    G = torch.randn(16, 40, dtype=torch.float64)
+    coeffs = (3.4576, -4.7391, 2.0843)   # hiverge's record
+    X = G / (G.norm() + 1e-7)
+    for _ in range(3):
+        A = X @ X.T
+        X = coeffs[0] * X + (coeffs[1] * A + coeffs[2] * A @ A) @ X
+    got = O.newton_schulz(G, 3, torch.float64, coeffs)
+    assert torch.allclose(got, X, atol=1e-10) and not torch.allclose(got, O.newton_schulz(G, 3, torch.float64))
+
+
+def test_muon_padded_batch_gives_the_per_shape_result():
+    # Zero padding to one shape cannot change an orthogonalisation: the zeros stay zero.
+    torch.manual_seed(0)
+    shapes = [(8, 4, 3, 3), (16, 8, 3, 3), (24, 2, 3, 3)]   # (24, 18) is tall: padded into a wide (24, 72)
+    grads = [torch.randn(*s, dtype=torch.float64) for s in shapes]
+    results = []
+    for batch in ("shape", "pad"):
+        params = [nn.Parameter(torch.ones(*s, dtype=torch.float64)) for s in shapes]
+        opt = O.Muon(params, lr=0.1, momentum=0.5, dtype=torch.float64, batch=batch)
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+        results.append([p.detach().clone() for p in params])
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_muon_renormalises_on_hiverges_growing_period_and_decays_in_between():
+    w = nn.Parameter(torch.full((4, 2, 3, 3), 3.0, dtype=torch.float64))
+    total, decay = 40, 0.1   # lr 0: the update does nothing, and nor does the decay (lr * decay)
+    opt = O.Muon([w], lr=0.0, momentum=0.0, dtype=torch.float64, weight_decay=decay, renorm_every=2,
+                 renorm_growth=15, total_steps=total)
+    renormed = []
+    for step in range(1, total + 1):
+        w.grad = torch.ones_like(w)
+        with torch.no_grad():
+            w.mul_(1.5)   # off norm sqrt(4) = 2, unless this step rescales it back
+        opt.step()
+        if math.isclose(w.norm().item(), 2.0):
+            renormed.append(step)
+    # due once 2 + int(15 * step / 40) steps have passed since the last time: 2, 3, 5, 8, 13 steps apart
+    assert renormed == [2, 5, 10, 18, 31]
+    # decoupled decay: w *= 1 - lr * decay after the update (here lr 0.5, one step, no rescaling due)
+    v = nn.Parameter(torch.full((4, 2, 3, 3), 3.0, dtype=torch.float64))
+    opt = O.Muon([v], lr=0.5, momentum=0.0, dtype=torch.float64, weight_decay=decay, renorm_every=2)
+    v.grad = torch.zeros_like(v)
+    opt.step()
+    assert torch.allclose(v.detach(), torch.full_like(v, 3.0 * (1 - 0.5 * decay)))
+    with pytest.raises(ValueError, match="total_steps"):
+        O.Muon([v], renorm_growth=1.0).step()
+
+
+def test_record_profile_reaches_muon():
+    net = M.make_record_net((16, 32, 32))
+    muon = O.make_optimizers(net, get_profile("record"))[-1]
+    assert isinstance(muon, O.Muon) and muon.batch == "pad"
+    assert (muon.renorm_every, muon.renorm_growth) == (2, 15.0)
+    group = muon.param_groups[0]
+    assert group["ns_coeffs"] == (3.4576, -4.7391, 2.0843)
+    assert math.isclose(group["weight_decay"], 1.0418e-6 * 1536)

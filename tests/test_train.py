@@ -239,7 +239,9 @@ def test_interrupt_keeps_history(synthetic, monkeypatch):
 
 
 @pytest.mark.parametrize("field,value", [("batch_size", 0), ("lr", -1.0), ("flip", "sideways"),
-                                         ("widths", (8, 16)), ("epochs", 0)])
+                                         ("widths", (8, 16)), ("epochs", 0), ("brightness", -0.1),
+                                         ("muon_batch", "all"), ("ns_coeffs", (3.4, -4.7)),
+                                         ("renorm_every", 0), ("whiten_act", "tanh"), ("tta", "best")])
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=f"TrainConfig.{field}"):
         tiny_cfg(**{field: value})
@@ -258,7 +260,10 @@ def test_profiles_resolve(monkeypatch):
     monkeypatch.setenv("HLB_PROFILE", "quick")
     assert config.get_profile().profile == "quick"
     monkeypatch.delenv("HLB_PROFILE")
-    assert config.resolve_profile("auto") == ("full" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert config.resolve_profile("auto") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)   # a simulated GPU gets the record
+    assert config.resolve_profile("auto") == "record"
     with pytest.raises(ValueError, match="unknown profile"):
         config.get_profile("turbo")
 
@@ -274,6 +279,40 @@ def test_tta_is_weighted_mean_of_views():
         torch.testing.assert_close(evaluate.tta_logits(net, x, mode), expected)
     # the flip view really is the mirror image
     assert torch.equal(evaluate.tta_views(x, "flip")[1][1], x.flip(-1))
+
+
+def test_selective_tta_spends_six_views_on_the_least_confident_quarter():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 30 * 30, 10))
+    x = torch.randn(40, 3, 32, 32)
+    views = evaluate.tta_views(x, "selective")
+    assert len(views) == 6 and all(math.isclose(w, 1 / 6) for w, _ in views)
+    with torch.no_grad():
+        plain = net(x)
+        six = sum(w * net(v) for w, v in views)
+    got = evaluate.selective_logits(net, x, chunk=16)   # chunks: the ranking is over the whole set
+    unsure = plain.softmax(1).amax(1).argsort()[:10]
+    changed = torch.zeros(40, dtype=torch.bool)
+    changed[unsure] = True
+    torch.testing.assert_close(got[changed], six[changed])
+    torch.testing.assert_close(got[~changed], plain[~changed])
+    assert evaluate.tta_passes("selective") == 2.5 and evaluate.tta_passes("multi") == 6
+
+
+def test_record_knobs_train_and_count_steps_as_the_record_does(synthetic):
+    record = get_profile("record")
+    knobs = {k: getattr(record, k) for k in ("act", "whiten_act", "bn_momentum", "brightness", "contrast",
+                                             "ns_coeffs", "filter_weight_decay", "renorm_every",
+                                             "renorm_growth", "muon_batch", "label_smoothing", "tta")}
+    res = train.train(tiny_cfg(epochs=4, whiten_images=300, **knobs), synthetic, verbose=False)
+    assert res.test_accuracy > 0.5   # chance is 0.1
+    # the whitening bias trains for ceil(0.19 * 32) = 7 steps, as hiverge counts them
+    cfg = tiny_cfg(batch_size=31, whiten_bias_epochs=0.19)
+    loader, test = train.make_loaders(cfg, synthetic, "cpu")
+    net = train.make_net(cfg)
+    run = train._Run(cfg, net, net, train.make_optimizers(net, cfg), loader, test, torch.device("cpu"), None, False)
+    assert len(loader) == 32 and run.whiten_steps == 7
+    assert run.optimizers[-1].total_steps == run.total_steps == 64
 
 
 def test_statistics_against_known_values():
