@@ -187,7 +187,7 @@ def run_ours(recipe: str, runs: int, warmup: int, ctx: dict, timeout: float) -> 
         return None
     summary = json.loads((out / "summary.json").read_text())
     info = dict(ctx["info"], gpu=summary.get("device") or ctx["info"]["gpu"], torch=summary.get("torch") or "?")
-    # An interrupted run has no accuracy (null): it counts as not finished.
+    # summary.json lists the finished runs only (an interrupted run is never counted).
     done = [(a, s) for a, s in zip(summary["accuracies"], summary["train_seconds_all"]) if a is not None]
     if not done:
         return None
@@ -196,7 +196,9 @@ def run_ours(recipe: str, runs: int, warmup: int, ctx: dict, timeout: float) -> 
     runs_table = []
     if (out / "runs.csv").exists():
         with open(out / "runs.csv", newline="") as f:
-            runs_table = [r for r in csv.DictReader(f) if r.get("test_accuracy") not in (None, "", "nan")]
+            # finished runs only: an interrupted run keeps its (partial) accuracy in runs.csv
+            runs_table = [r for r in csv.DictReader(f) if r.get("status", "finished") == "finished"
+                          and r.get("test_accuracy") not in (None, "", "nan")]
     return summarise(recipe, [a for a, _ in done], [s for _, s in done], info, note, runs, code,
                      our_scopes(runs_table))
 
