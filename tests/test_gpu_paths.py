@@ -35,8 +35,8 @@ def spy_on_newton_schulz(monkeypatch) -> list:
     """Record the dtype each Newton-Schulz call of Muon runs in."""
     seen, real = [], optim.newton_schulz
 
-    def recording(G, steps=3, dtype=None):
-        out = real(G, steps, dtype)
+    def recording(G, *args, **kwargs):
+        out = real(G, *args, **kwargs)
         seen.append(out.dtype)
         return out
 
@@ -230,8 +230,8 @@ def test_the_timed_loop_never_waits_for_the_host(synthetic):
 
 
 @pytest.mark.parametrize("gpu, line", [
-    ("T4", "profile: full  device: cuda (Tesla T4, capability 7.5)  precision: fp16  compile: compile (default)"),
-    ("H100", "profile: full  device: cuda (NVIDIA H100 80GB HBM3, capability 9.0)  precision: bf16  "
+    ("T4", "profile: record  device: cuda (Tesla T4, capability 7.5)  precision: fp16  compile: compile (default)"),
+    ("H100", "profile: record  device: cuda (NVIDIA H100 80GB HBM3, capability 9.0)  precision: bf16  "
              "compile: compile (max-autotune)")])
 def test_setup_says_what_a_gpu_run_will_use(monkeypatch, capsys, gpu, line):
     simulate_gpu(monkeypatch, gpu)

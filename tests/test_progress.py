@@ -153,7 +153,7 @@ def test_the_gpu_hint_shows_only_in_colab(colab, monkeypatch, capsys):
         monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
     elif colab == "env":
         monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab-20261101")
-    monkeypatch.setattr(hn, "_device_line", lambda: "cpu")
+    monkeypatch.setattr(hn, "_machine_lines", lambda profile: {"device": "cpu"})
     info = hn.setup("quick")
     out = capsys.readouterr().out
     assert info["device"] == "cpu" and "device: cpu" in out
@@ -163,6 +163,6 @@ def test_the_gpu_hint_shows_only_in_colab(colab, monkeypatch, capsys):
 
 def test_no_gpu_hint_when_colab_has_a_gpu(monkeypatch, capsys):
     monkeypatch.setenv("COLAB_GPU", "1")
-    monkeypatch.setattr(hn, "_device_line", lambda: "cuda (Tesla T4)")
+    monkeypatch.setattr(hn, "_machine_lines", lambda profile: {"device": "cuda (Tesla T4, capability 7.5)"})
     hn.setup("quick")
     assert "Runtime >" not in capsys.readouterr().out

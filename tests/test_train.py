@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from hlb_utils import config, evaluate, runs, stats, train
+from hlb_utils import config, evaluate, optim, runs, stats, train
 from hlb_utils.config import TrainConfig, get_profile
 from hlb_utils.device import compile_model
 
@@ -310,7 +310,7 @@ def test_record_knobs_train_and_count_steps_as_the_record_does(synthetic):
     cfg = tiny_cfg(batch_size=31, whiten_bias_epochs=0.19)
     loader, test = train.make_loaders(cfg, synthetic, "cpu")
     net = train.make_net(cfg)
-    run = train._Run(cfg, net, net, train.make_optimizers(net, cfg), loader, test, torch.device("cpu"), None, False)
+    run = train._Run(cfg, net, net, optim.make_optimizers(net, cfg), loader, test, torch.device("cpu"), None, False)
     assert len(loader) == 32 and run.whiten_steps == 7
     assert run.optimizers[-1].total_steps == run.total_steps == 64
 
