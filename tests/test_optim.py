@@ -279,3 +279,32 @@ def test_record_profile_reaches_muon():
     group = muon.param_groups[0]
     assert group["ns_coeffs"] == (3.4576, -4.7391, 2.0843)
     assert math.isclose(group["weight_decay"], 1.0418e-6 * 1536)
+
+
+def test_muon_state_dict_carries_its_rescaling_clock():
+    # The CUDA warm-up steps the optimisers and restores them from state_dict(): a restored Muon must
+    # rescale on the same steps as one that never stepped (the clock is no tensor state of torch's).
+    def steps(opt, w, n):
+        norms = []
+        for _ in range(n):
+            w.grad = torch.ones_like(w)
+            with torch.no_grad():
+                w.mul_(1.5)
+            opt.step()
+            norms.append(w.norm().item())
+        return norms
+
+    def fresh():
+        w = nn.Parameter(torch.full((4, 2, 3, 3), 3.0, dtype=torch.float64))
+        return w, O.Muon([w], lr=0.0, momentum=0.0, dtype=torch.float64, renorm_every=2,
+                         renorm_growth=15, total_steps=40)
+
+    w, opt = fresh()
+    w2, untouched = fresh()
+    assert steps(opt, w, 5) == steps(untouched, w2, 5)
+    saved, start = opt.state_dict(), w.detach().clone()
+    steps(opt, w, 3)                       # a warm-up's worth of steps ...
+    opt.load_state_dict(saved)             # ... then put back, as train's warm-up does
+    with torch.no_grad():
+        w.copy_(start)
+    assert steps(opt, w, 20) == steps(untouched, w2, 20)
