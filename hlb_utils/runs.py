@@ -3,6 +3,8 @@
 Taught in notebook 06. A claim like "94% in N seconds" is a claim about a mean: `run_many` trains the
 same config with seeds seed, seed+1, ... and `summary` says how sure we can be of it. `write_records`
 leaves a folder anyone can check later: `summary.json`, `runs.csv` and `history.csv`.
+With `cluster="local"` or a Ray address the runs spread over a cluster's GPUs (cluster.py); the
+records are the same files, with each run's host and the cluster's description.
 """
 from __future__ import annotations
 
@@ -24,64 +26,156 @@ from .train import TrainResult, train
 
 
 @dataclass
+class FailedRun:
+    """A run that raised, or whose worker died more often than its retries allow: in the table, never
+    in the statistics."""
+
+    config: TrainConfig
+    error: str
+    host: str = ""
+
+
+@dataclass
 class RunsResult:
-    """`table`: one row per run; `summary`: one row of statistics; `results`: the TrainResults."""
+    """`table`: one row per run; `summary`: one row of statistics; `results`: the TrainResults.
+
+    The statistics cover finished runs only: an interrupted run's accuracy says nothing about the
+    recipe, and a failed run has none.
+    """
 
     config: TrainConfig
     results: list[TrainResult]
     target: float = 0.94
     warmup_seconds: list[float] = field(default_factory=list)   # wall seconds of each warm-up run (compiling)
+    failed: list[FailedRun] = field(default_factory=list)
+    requested: int | None = None    # runs asked for (None: as many as there are results)
+    stopped: bool = False           # Ctrl-C stopped the series before all its runs came back
+    cluster: dict | None = None     # the Ray cluster's description; None for a series run here
+
+    @property
+    def finished(self) -> list[TrainResult]:
+        return [r for r in self.results if not r.interrupted]
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stopped or any(r.interrupted for r in self.results)
 
     @property
     def accuracies(self) -> list[float]:
-        return [r.test_accuracy for r in self.results]
+        return [r.test_accuracy for r in self.finished]
 
     @property
     def table(self) -> pd.DataFrame:
-        return pd.DataFrame([dict(run=i, seed=r.config.seed, test_accuracy=r.test_accuracy,
-                                  train_seconds=r.train_seconds, compile_seconds=r.compile_seconds,
-                                  init_seconds=r.init_seconds, tta_seconds=r.tta_seconds,
-                                  peak_memory_mb=r.peak_memory_mb)
-                             for i, r in enumerate(self.results)])
+        rows = [dict(seed=r.config.seed, status="interrupted" if r.interrupted else "finished",
+                     test_accuracy=r.test_accuracy, train_seconds=r.train_seconds,
+                     compile_seconds=r.compile_seconds, init_seconds=r.init_seconds,
+                     tta_seconds=r.tta_seconds, peak_memory_mb=r.peak_memory_mb, host=r.host, device=r.device)
+                for r in self.results]
+        rows += [dict(seed=f.config.seed, status="failed", host=f.host, error=f.error) for f in self.failed]
+        rows.sort(key=lambda row: row["seed"])
+        for row in rows:
+            row["run"] = row["seed"] - self.config.seed
+        columns = ["run", "seed", "status", "test_accuracy", "train_seconds", "compile_seconds", "init_seconds",
+                   "tta_seconds", "peak_memory_mb", "host", "device"] + (["error"] if self.failed else [])
+        return pd.DataFrame(rows, columns=columns)
 
     @property
     def summary(self) -> pd.DataFrame:
-        stats = summarize_accuracies(self.accuracies, self.target)
-        secs = [r.train_seconds for r in self.results]
+        accs, secs = self.accuracies, [r.train_seconds for r in self.finished]
+        if not accs:   # nothing finished (all failed, or stopped early): the statistics are undefined
+            return pd.DataFrame([dict(runs=0, mean=math.nan, std=math.nan, ci95_low=math.nan,
+                                      ci95_high=math.nan, p_value=math.nan, target=self.target,
+                                      mean_seconds=math.nan, median_seconds=math.nan)])
+        stats = summarize_accuracies(accs, self.target)
         stats.update(mean_seconds=statistics.fmean(secs), median_seconds=statistics.median(secs))
         return pd.DataFrame([stats])
 
 
 def run_many(cfg: TrainConfig, data, runs: int = 5, target: float = 0.94, warmup_runs: int = 0,
-             verbose: bool = True, on_run: Callable[[RunsResult], None] | None = None) -> RunsResult:
+             verbose: bool = True, on_run: Callable[[RunsResult], None] | None = None,
+             cluster: str | None = None, train_fn: Callable[..., TrainResult] = train) -> RunsResult:
     """Train `runs` times with seeds cfg.seed, cfg.seed+1, ...; warm-up runs (seeds below) are not kept.
 
     Only the first counted run shows its live table; later runs print one line each. `on_run` gets
     the runs so far after each one (the command line writes its records then, so that a long series
-    stopped early keeps the runs it finished).
+    stopped early keeps the runs it finished). `cluster`: None trains here, one run after another;
+    "local" starts a Ray instance on this machine, an address joins a running Ray cluster, and the
+    runs go one task each to its GPUs (or CPUs): see cluster.py. `train_fn(cfg, data, verbose=...)`
+    trains one run (default `train.train`; a wrapper can add a model of your own).
     """
     if runs < 1:
         raise ValueError(f"runs={runs} must be at least 1")
+    if cluster is not None:
+        return _run_many_on_cluster(cfg, data, runs, target, warmup_runs, verbose, on_run, cluster, train_fn)
     warm = []
     for i in range(warmup_runs):
-        res = train(cfg.replace(seed=cfg.seed - warmup_runs + i), data, verbose=False)
+        res = train_fn(cfg.replace(seed=cfg.seed - warmup_runs + i), data, verbose=False)
         warm.append(res.wall_seconds)
         if verbose:
             print(f"warm-up run {i + 1}/{warmup_runs}: {res.wall_seconds:.1f} s (not counted)")
     results = []
     for i in range(runs):
-        res = train(cfg.replace(seed=cfg.seed + i), data, verbose=verbose and i == 0)
+        res = train_fn(cfg.replace(seed=cfg.seed + i), data, verbose=verbose and i == 0)
         results.append(res)
         if on_run is not None:
-            on_run(RunsResult(cfg, list(results), target, warm))
+            on_run(RunsResult(cfg, list(results), target, warm, requested=runs))
         if verbose:
             print(f"run {i + 1}/{runs}: accuracy {res.test_accuracy:.4f}  training {res.train_seconds:.2f} s")
         if res.interrupted:
             break
-    out = RunsResult(cfg, results, target, warm)
-    if verbose and len(results) > 1:
-        s = out.summary.iloc[0]
-        print(f"{len(results)} runs: mean {s['mean']:.4f} +- {s['std']:.4f} (std), "
+    out = RunsResult(cfg, results, target, warm, requested=runs, stopped=results[-1].interrupted)
+    return _print_summary(out, verbose)
+
+
+def sweep(cfg: TrainConfig, data, knob: str, values: list, runs: int = 1, target: float = 0.94,
+          cluster: str | None = None, verbose: bool = True) -> dict[str, RunsResult]:
+    """Train `runs` seeds at each value of one config field (notebook 07); keys are "knob=value".
+
+    On a cluster every run of every value is its own task, so the whole sweep spreads at once.
+    """
+    variants = {f"{knob}={value}": cfg.replace(**{knob: value}) for value in values}
+    if cluster is None:
+        out = {}
+        for name, variant in variants.items():
+            out[name] = run_many(variant, data, runs=runs, target=target, verbose=False)
+            if verbose:
+                print(f"{name}: accuracy {out[name].summary.loc[0, 'mean']:.4f}  "
+                      f"{out[name].summary.loc[0, 'mean_seconds']:.2f} s  ({runs} run(s))")
+        return out
+    from .cluster import run_on_cluster
+
+    configs = [v.replace(seed=v.seed + i) for v in variants.values() for i in range(runs)]
+    outcome = run_on_cluster(configs, data, cluster, verbose=verbose)
+    return {name: _collect(variant, outcome, target, range(k * runs, (k + 1) * runs))
+            for k, (name, variant) in enumerate(variants.items())}
+
+
+def _run_many_on_cluster(cfg, data, runs, target, warmup_runs, verbose, on_run, cluster, train_fn):
+    """run_many's cluster path: one Ray task per seed (cluster.py), collected into a RunsResult."""
+    from .cluster import run_on_cluster
+
+    def report(outcome):
+        if on_run is not None:
+            on_run(_collect(cfg, outcome, target))
+
+    configs = [cfg.replace(seed=cfg.seed + i) for i in range(runs)]
+    outcome = run_on_cluster(configs, data, cluster, warmup_runs=warmup_runs, train_fn=train_fn,
+                             verbose=verbose, on_result=report)
+    return _print_summary(_collect(cfg, outcome, target), verbose)
+
+
+def _collect(cfg: TrainConfig, outcome, target: float, indices=None) -> RunsResult:
+    """A RunsResult from a cluster's outcome (its runs in config order; None where cancelled)."""
+    items = [outcome.runs[i] for i in (indices if indices is not None else range(len(outcome.runs)))]
+    return RunsResult(cfg, [r for r in items if isinstance(r, TrainResult)], target, outcome.warmup_seconds,
+                      failed=[r for r in items if isinstance(r, FailedRun)], requested=len(items),
+                      stopped=outcome.stopped, cluster=outcome.cluster)
+
+
+def _print_summary(out: RunsResult, verbose: bool) -> RunsResult:
+    s = out.summary.iloc[0]
+    if verbose and s["runs"] > 1:
+        print(f"{s['runs']} runs: mean {s['mean']:.4f} +- {s['std']:.4f} (std), "
               f"95% CI [{s['ci95_low']:.4f}, {s['ci95_high']:.4f}], {s['mean_seconds']:.2f} s mean")
     return out
 
@@ -92,24 +186,30 @@ def write_records(result: TrainResult | RunsResult, out_dir, data_source: str = 
     runs = result if isinstance(result, RunsResult) else RunsResult(result.config, [result])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    first = runs.results[0]
-    histories = [r.history.assign(run=i) for i, r in enumerate(runs.results)]
-    pd.concat(histories, ignore_index=True).to_csv(out / "history.csv", index=False)
+    done = runs.results
+    first = done[0] if done else None   # None: every run failed, or Ctrl-C came before the first
+    histories = [r.history.assign(run=r.config.seed - runs.config.seed) for r in done]
+    history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame(columns=["run"])
+    history.to_csv(out / "history.csv", index=False)
     runs.table.to_csv(out / "runs.csv", index=False)
     stats = runs.summary.iloc[0].to_dict()
+    finished = runs.finished
     summary = dict(
         profile=runs.config.profile, test_accuracy=stats["mean"], accuracies=runs.accuracies,
         test_accuracy_std=stats["std"], ci95=[stats["ci95_low"], stats["ci95_high"]],
         p_value_vs_target=stats["p_value"], target=runs.target,
-        train_seconds=stats["mean_seconds"], train_seconds_all=[r.train_seconds for r in runs.results],
-        compile_seconds=first.compile_seconds, tta_seconds=statistics.fmean(r.tta_seconds for r in runs.results),
-        wall_seconds=wall_seconds if wall_seconds is not None else sum(r.wall_seconds for r in runs.results),
-        epochs=runs.config.epochs, runs=len(runs.results), warmup_runs=len(runs.warmup_seconds),
+        train_seconds=stats["mean_seconds"], train_seconds_all=[r.train_seconds for r in finished],
+        compile_seconds=first.compile_seconds if first else None,
+        tta_seconds=statistics.fmean(r.tta_seconds for r in finished) if finished else None,
+        wall_seconds=wall_seconds if wall_seconds is not None else sum(r.wall_seconds for r in done),
+        epochs=runs.config.epochs, runs=len(finished), warmup_runs=len(runs.warmup_seconds),
         warmup_wall_seconds=runs.warmup_seconds,
-        device=first.device, precision=first.precision, compile=first.compile_note,
-        torch=torch.__version__, data=str(data_source),
-        seed=runs.config.seed, peak_memory_mb=max((r.peak_memory_mb or 0) for r in runs.results),
-        interrupted=any(r.interrupted for r in runs.results),
+        runs_requested=runs.requested or len(done) + len(runs.failed), runs_finished=len(finished),
+        runs_interrupted=len(done) - len(finished), runs_failed=len(runs.failed),
+        device=first.device if first else None, precision=first.precision if first else None,
+        compile=first.compile_note if first else None, torch=torch.__version__, data=str(data_source),
+        seed=runs.config.seed, peak_memory_mb=max((r.peak_memory_mb or 0) for r in done) if done else None,
+        interrupted=runs.interrupted, cluster=runs.cluster,
         date=_dt.datetime.now().isoformat(timespec="seconds"), config=runs.config.to_dict(),
     )
     text = json.dumps(_clean(summary), indent=2)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import resource
+import socket
 import time
 import warnings
 from contextlib import nullcontext
@@ -58,6 +59,7 @@ class TrainResult:
     peak_memory_mb: float | None = None
     interrupted: bool = False
     compile_note: str = "off"
+    host: str = field(default_factory=socket.gethostname)   # the machine that trained (many runs on a cluster)
     model: nn.Module | None = field(default=None, repr=False)
 
 
