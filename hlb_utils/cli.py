@@ -1,6 +1,7 @@
 """The command line for headless runs and the GPU benchmark (no Jupyter needed).
 
     python -m hlb_utils.train --profile quick --runs 2 --data PATH --out runs/quick
+    python -m hlb_utils.train --profile full --runs 200 --cluster ADDRESS|local --out runs/full
 
 prints the live rows of the first run and one line per further run, then writes the run records
 (`summary.json`, `runs.csv`, `history.csv`) into --out.
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="folder for summary.json, runs.csv, history.csv")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a config field, e.g. --set epochs=10 (JSON values)")
+    parser.add_argument("--cluster", default=None, metavar="ADDRESS|local",
+                        help="spread the runs over a Ray cluster (its address), or a Ray instance started here")
     parser.add_argument("--quiet", action="store_true", help="no live table")
     args = parser.parse_args(argv)
     try:
@@ -60,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
                              wall_seconds=time.perf_counter() - wall_start)
 
     result = run_many(cfg, data, runs=args.runs, warmup_runs=args.warmup_runs, verbose=not args.quiet,
-                      on_run=save if args.out else None)
+                      on_run=save if args.out else None, cluster=args.cluster)
     if args.out:
         print(f"run records written to {save(result)}")
-    return 1 if any(r.interrupted for r in result.results) else 0
+    return 1 if result.interrupted or result.failed else 0
 
