@@ -72,8 +72,9 @@ def test_cluster_series_equals_serial_series(cifar, local_ray, monkeypatch, tmp_
     assert list(table["host"].notna()) == [True] * 3 and set(table["device"]) == {"cpu"}
 
 
-def test_killed_worker_is_retried_and_a_run_that_keeps_dying_fails(synthetic, local_ray, tmp_path):
+def test_killed_worker_is_retried_and_a_run_that_keeps_dying_fails(synthetic, local_ray, monkeypatch, tmp_path):
     """Seed 0's worker dies on its first attempt only and is retried; seed 1's dies on every attempt."""
+    monkeypatch.setattr(cluster, "RETRIES", 1)   # one retry is enough to see it (each costs a new worker)
     marks = tmp_path
 
     def dies(cfg, data, verbose=False):
