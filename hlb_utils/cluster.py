@@ -1,15 +1,20 @@
-"""Many runs on many GPUs: a series or a sweep spread over a Ray cluster, one task per run.
+"""Many runs on many GPUs: a series or a sweep spread over a Ray cluster, one Ray task per run.
 
-Taught in notebook 06 ("Many runs"). `runs.run_many(..., cluster="local")` (a Ray instance on this
-machine) or `cluster="ADDRESS"` (a running Ray cluster) comes here, so that runs.py keeps the plain
-serial loop a learner reads. Ray is an optional extra (`pip install "hlb_utils[ray]"`), imported only
-when a cluster is asked for. The runs are independent, so Ray's own scheduler and retries do all the
-work: the dataset goes to the object store once, each run is one task (one GPU, or a share of the
-CPUs), and the results come back in seed order whatever order they finish in.
+Taught in notebook 06 ("Many runs on many GPUs"). `runs.run_many(..., cluster="local")` (a Ray
+instance on this machine) or `cluster="ADDRESS"` (a running Ray cluster) comes here, so that runs.py
+keeps the plain serial loop a learner reads. Ray is an optional extra (`pip install "hlb_utils[ray]"`),
+imported only when a cluster is asked for. The runs are independent, so Ray's scheduler and retries do
+the work: the dataset goes to the object store once, and results come back in seed order whatever
+order they finish in.
+
+Each GPU (on a CPU cluster, each share of `threads` CPUs) gets one Ray actor, a worker process that
+keeps the dataset and the compiled code across its runs; each run is one task on a free worker. Plain
+Ray tasks would not do on GPUs: Ray starts a fresh process for every GPU task (so every run would
+compile again), and a reused process would keep the GPU it first saw.
 
 Reproducibility: on a CPU a run's accuracy depends on torch's thread count (a convolution's sums are
 split over the threads and rounded in another order), and Ray starts its workers with one thread.
-Every task therefore sets the thread count the driver's serial runs use (`torch.get_num_threads()`,
+Every worker therefore uses the thread count the driver's serial runs use (`torch.get_num_threads()`,
 or `threads=`), so that the same seeds give the same accuracies here and there.
 """
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -26,8 +32,7 @@ from .config import TrainConfig
 from .runs import FailedRun
 from .train import TrainResult, train
 
-RETRIES = 2          # further attempts of a task whose worker died (Ray's own retries)
-_warmed: set = set()  # in each worker process: the configs (seed aside) it has already warmed up
+RETRIES = 2   # further attempts of a run whose worker died (Ray's own retries)
 
 
 @dataclass
@@ -36,7 +41,7 @@ class ClusterOutcome:
 
     runs: list
     warmup_seconds: list[float] = field(default_factory=list)
-    stopped: bool = False   # Ctrl-C cancelled the tasks still running
+    stopped: bool = False   # Ctrl-C cancelled the runs still out
     cluster: dict | None = None
 
 
@@ -71,67 +76,88 @@ def describe(ray) -> dict:
                 cpus=total.get("CPU", 0), gpus=total.get("GPU", 0), ray=ray.__version__)
 
 
-def task_options(nodes: list[dict], threads: int) -> dict:
-    """One GPU per run where the cluster has GPUs; otherwise `threads` CPUs, capped at the largest node's
-    count (a task asking for more CPUs than any node has would wait forever). `nodes`: each node's
-    resources, as in `ray.nodes()[i]["Resources"]`."""
-    if any(n.get("GPU", 0) >= 1 for n in nodes):
-        return dict(num_gpus=1, num_cpus=1, max_retries=RETRIES)
-    most = max(int(n.get("CPU", 1)) for n in nodes)
-    return dict(num_cpus=max(1, min(threads, most)), max_retries=RETRIES)
+def plan_workers(nodes: list[dict], threads: int) -> tuple[dict, int]:
+    """(Ray options of one worker, how many workers): one per GPU where the cluster has GPUs; otherwise
+    one per `threads` CPUs of a node, `threads` capped at the largest node's count (a worker asking for
+    more CPUs than any node has would wait forever). `nodes`: each node's resources, as in
+    `ray.nodes()[i]["Resources"]`."""
+    gpus = sum(int(n.get("GPU", 0)) for n in nodes)
+    if gpus:
+        return dict(num_gpus=1, num_cpus=1), gpus
+    per = max(1, min(threads, max(int(n.get("CPU", 1)) for n in nodes)))
+    return dict(num_cpus=per), max(1, sum(int(n.get("CPU", 0)) // per for n in nodes))
 
 
-def _run_task(cfg: TrainConfig, data, threads: int, warmup_runs: int, train_fn: Callable) -> tuple:
-    """What one task does in its worker: warm up once per worker and config, then train one run."""
-    torch.set_num_threads(threads)
-    key, warm = cfg.replace(seed=0), []
-    if warmup_runs and key not in _warmed:
-        for i in range(warmup_runs):
-            warm.append(train_fn(cfg.replace(seed=cfg.seed - warmup_runs + i), data, verbose=False).wall_seconds)
-        _warmed.add(key)
-    result = train_fn(cfg, data, verbose=False)
-    result.model = None   # the weights stay on the worker: only the measurements travel back
-    return result, warm
+class Worker:
+    """A Ray actor: one GPU (or share of CPUs) that trains run after run with the same dataset and
+    compiled code. Private to this module; `run_on_cluster` is the public face."""
+
+    def __init__(self, data, threads: int):
+        torch.set_num_threads(threads)
+        self.data, self.warmed = data, set()
+
+    def run(self, cfg: TrainConfig, warmup_runs: int, train_fn: Callable) -> tuple[TrainResult, list[float]]:
+        """Warm up once per config (seed aside), then train one run; the weights stay here."""
+        warm = []
+        if warmup_runs and cfg.replace(seed=0) not in self.warmed:
+            for i in range(warmup_runs):
+                warm.append(train_fn(cfg.replace(seed=cfg.seed - warmup_runs + i), self.data,
+                                     verbose=False).wall_seconds)
+            self.warmed.add(cfg.replace(seed=0))
+        result = train_fn(cfg, self.data, verbose=False)
+        result.model = None
+        return result, warm
 
 
 def run_on_cluster(configs: list[TrainConfig], data, cluster: str, warmup_runs: int = 0,
                    threads: int | None = None, train_fn: Callable = train, verbose: bool = True,
                    on_result: Callable[[ClusterOutcome], None] | None = None) -> ClusterOutcome:
-    """Train each config once as its own Ray task; `data` goes to the object store once.
+    """Train each config once, each run a Ray task on a free worker; `data` goes to the object store once.
 
-    `threads`: torch threads per task (default: this process's, as a serial run would use). `train_fn`
-    is what each task calls (`train.train`, or a wrapper of it). `on_result` gets the outcome so far
-    after each run comes back. Ctrl-C cancels the tasks still out and returns the finished runs.
+    `threads`: torch threads per CPU worker (default: this process's, as a serial run uses). `train_fn`
+    is what each run calls (`train.train`, or a wrapper of it). `on_result` gets the outcome so far after
+    each run comes back. Ctrl-C cancels the runs still out and returns the finished ones.
     """
     ray = _ray()
     outcome = ClusterOutcome([None] * len(configs), cluster=connect(cluster))
-    threads = threads or torch.get_num_threads()
-    options = task_options([n["Resources"] for n in ray.nodes() if n.get("Alive")], threads)
-    task = ray.remote(_run_task).options(**options)
+    options, count = plan_workers([n["Resources"] for n in ray.nodes() if n.get("Alive")],
+                                  threads or torch.get_num_threads())
     data_ref = ray.put(data)
-    # each task's torch threads: its CPUs (the driver's count unless capped by the nodes' size)
-    pending = {task.remote(c, data_ref, options["num_cpus"], warmup_runs, train_fn): i
-               for i, c in enumerate(configs)}
+    actor = ray.remote(Worker).options(max_restarts=-1, max_task_retries=RETRIES, **options)
+    workers = [actor.remote(data_ref, options["num_cpus"]) for _ in range(min(count, len(configs)))]
+    queue, pending = deque(range(len(configs))), {}
+
+    def submit(worker):
+        if queue:
+            i = queue.popleft()
+            pending[worker.run.remote(configs[i], warmup_runs, train_fn)] = (i, worker)
+
     progress = Progress(len(configs), enabled=verbose)
     try:
+        for worker in workers:
+            submit(worker)
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
-            index = pending.pop(ready[0])
+            index, worker = pending.pop(ready[0])
             outcome.runs[index] = _fetch(ray, ready[0], configs[index], outcome)
+            submit(worker)
             progress.update(outcome.runs)
             if on_result is not None:
                 on_result(outcome)
     except KeyboardInterrupt:
         for ref in pending:
-            ray.cancel(ref, force=True)
+            ray.cancel(ref)
         outcome.stopped = True
         progress.note(f"interrupted: cancelled {len(pending)} run(s) still out")
-    progress.close()
+    finally:
+        for worker in workers:   # frees the GPUs (and stops runs still going after Ctrl-C)
+            ray.kill(worker)
+        progress.close()
     return outcome
 
 
 def _fetch(ray, ref, cfg: TrainConfig, outcome: ClusterOutcome):
-    """The run's TrainResult, or a FailedRun when its task raised or its worker died past the retries."""
+    """The run's TrainResult, or a FailedRun when it raised or its worker died past the retries."""
     try:
         result, warm = ray.get(ref)
     except ray.exceptions.RayError as err:
@@ -144,7 +170,7 @@ def _fetch(ray, ref, cfg: TrainConfig, outcome: ClusterOutcome):
 class Progress:
     """One line, rewritten in place, counting finished runs and their running mean accuracy.
 
-    In Jupyter it is one output updated in place; in a terminal one line redrawn with a carriage return;
+    In Jupyter one output updated in place; in a terminal one line redrawn after a carriage return;
     in a log file (no terminal) a line at most every 30 seconds, and the last one."""
 
     def __init__(self, total: int, enabled: bool = True, every: float = 30.0):
@@ -158,10 +184,9 @@ class Progress:
     def update(self, runs: list) -> None:
         done = [r for r in runs if isinstance(r, TrainResult) and not r.interrupted]
         failed = sum(isinstance(r, FailedRun) for r in runs)
-        accs = [r.test_accuracy for r in done]
-        mean = f"running mean {statistics.fmean(accs):.4f}" if accs else "running mean -"
+        mean = f"{statistics.fmean(r.test_accuracy for r in done):.4f}" if done else "-"
         self.text = (f"runs finished {len(done)}/{self.total}" + (f", {failed} failed" if failed else "")
-                     + f", {mean}")
+                     + f", running mean {mean}")
         self._show(final=len(done) + failed == self.total)
 
     def note(self, text: str) -> None:
@@ -174,7 +199,6 @@ class Progress:
             sys.stdout.flush()
 
     def _show(self, final: bool) -> None:
-        now = time.monotonic()
         if not self.enabled:
             return
         if self.jupyter:
@@ -188,6 +212,6 @@ class Progress:
         elif self.tty:
             sys.stdout.write("\r" + self.text.ljust(100))
             sys.stdout.flush()
-        elif final or now - self._last >= self.every:
+        elif final or time.monotonic() - self._last >= self.every:
             print(self.text, flush=True)
-            self._last = now
+            self._last = time.monotonic()
