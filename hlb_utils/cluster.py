@@ -59,12 +59,27 @@ def connect(cluster: str) -> dict:
     ray = _ray()
     if not ray.is_initialized():
         if cluster == "local":
-            ray.init(include_dashboard=False)
+            _start_local(ray)
         else:
             import hlb_utils
 
             ray.init(address=cluster, runtime_env={"py_modules": [hlb_utils]})
     return describe(ray)
+
+
+def _start_local(ray, attempts: int = 2) -> None:
+    """Start Ray here. On a busy machine Ray's agents can take longer than the raylet waits for them
+    (15 s by default: given 2 minutes here) and the node longer than Ray's 30 s to register, which Ray
+    reports as a plain Exception: then it is tried once more."""
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(include_dashboard=False, _system_config={"raylet_start_wait_time_s": 120})
+            return
+        except Exception as err:   # Ray raises Exception itself for a node that timed out
+            ray.shutdown()
+            if attempt == attempts:
+                raise RuntimeError(f"Ray did not start on this machine ({err}); is it overloaded? "
+                                   "Try again, or run without a cluster") from err
 
 
 def describe(ray) -> dict:
@@ -92,9 +107,13 @@ class Worker:
     """A Ray actor: one GPU (or share of CPUs) that trains run after run with the same dataset and
     compiled code. Private to this module; `run_on_cluster` is the public face."""
 
-    def __init__(self, data, threads: int):
+    def __init__(self, data_ref: list, threads: int):
+        import ray
+
+        # The reference arrives in a list, so Ray passes it unresolved: fetched here, once per worker
+        # (and again after a restart).
         torch.set_num_threads(threads)
-        self.data, self.warmed = data, set()
+        self.data, self.warmed = ray.get(data_ref[0]), set()
 
     def run(self, cfg: TrainConfig, warmup_runs: int, train_fn: Callable) -> tuple[TrainResult, list[float]]:
         """Warm up once per config (seed aside), then train one run; the weights stay here."""
@@ -124,7 +143,7 @@ def run_on_cluster(configs: list[TrainConfig], data, cluster: str, warmup_runs: 
                                   threads or torch.get_num_threads())
     data_ref = ray.put(data)
     actor = ray.remote(Worker).options(max_restarts=-1, max_task_retries=RETRIES, **options)
-    workers = [actor.remote(data_ref, options["num_cpus"]) for _ in range(min(count, len(configs)))]
+    workers = [actor.remote([data_ref], options["num_cpus"]) for _ in range(min(count, len(configs)))]
     queue, pending = deque(range(len(configs))), {}
 
     def submit(worker):

@@ -25,14 +25,14 @@ TINY = dict(widths=(8, 16, 16), batch_size=100, epochs=1, tta="none", eval_every
 def local_ray():
     """One local Ray instance for the whole file (starting one takes tens of seconds on 2 busy cores).
 
-    On an overloaded machine the raylet can outwait its 15 s for Ray's agents (RAY_agent_register_timeout_ms
-    gives it 2 minutes) and Ray's 30 s for the node to register (a plain Exception: tried once more)."""
-    os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")
+    On an overloaded machine Ray's agents can take longer than the raylet waits for them (given 2 minutes
+    here, as cluster.connect does) and the node longer than Ray's 30 s to register (tried once more)."""
+    options = dict(num_cpus=2, include_dashboard=False, _system_config={"raylet_start_wait_time_s": 120})
     try:
-        ray.init(num_cpus=2, include_dashboard=False)
-    except Exception:
+        ray.init(**options)
+    except Exception:   # Ray raises Exception itself for a node that timed out
         ray.shutdown()
-        ray.init(num_cpus=2, include_dashboard=False)
+        ray.init(**options)
     yield
     ray.shutdown()
 
