@@ -14,7 +14,7 @@ import torch
 
 ray = pytest.importorskip("ray", reason='ray is not installed: pip install -e ".[test,ray]" (CI installs it)')
 
-from hlb_utils import cli, cluster, runs, train  # noqa: E402
+from hlb_utils import cli, cluster, notebook, runs, train  # noqa: E402
 from hlb_utils.config import get_profile  # noqa: E402
 
 # Seconds per run on the synthetic data (1,000 images of 32x32).
@@ -107,6 +107,8 @@ def test_failing_value_of_a_sweep_is_recorded_failed(synthetic, local_ray, tmp_p
     assert good.summary.loc[0, "runs"] == 2 and not good.failed
     assert not bad.results and [f.config.seed for f in bad.failed] == [0, 1]
     assert "batch_size=5000" in bad.failed[0].error
+    table = notebook.results_table(swept)   # the table notebook 07 ends with: failed runs not counted
+    assert list(table["runs"]) == [2, 0] and table.loc[1, "device"] == "-"
     out = runs.write_records(bad, tmp_path / "bad")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["runs_failed"] == 2 and summary["runs_finished"] == 0 and summary["test_accuracy"] is None
