@@ -175,7 +175,7 @@ def _collect(cfg: TrainConfig, outcome, target: float, indices=None) -> RunsResu
 def _print_summary(out: RunsResult, verbose: bool) -> RunsResult:
     s = out.summary.iloc[0]
     if verbose and s["runs"] > 1:
-        print(f"{s['runs']} runs: mean {s['mean']:.4f} +- {s['std']:.4f} (std), "
+        print(f"{int(s['runs'])} runs: mean {s['mean']:.4f} +- {s['std']:.4f} (std), "
               f"95% CI [{s['ci95_low']:.4f}, {s['ci95_high']:.4f}], {s['mean_seconds']:.2f} s mean")
     return out
 
