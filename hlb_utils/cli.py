@@ -1,7 +1,7 @@
 """The command line for headless runs and the GPU benchmark (no Jupyter needed).
 
     python -m hlb_utils.train --profile quick --runs 2 --data PATH --out runs/quick
-    python -m hlb_utils.train --profile full --runs 200 --cluster ADDRESS|local --out runs/full
+    python -m hlb_utils.train --runs 200 --cluster ADDRESS|local --out runs/many
 
 prints the live rows of the first run and one line per further run, then writes the run records
 (`summary.json`, `runs.csv`, `history.csv`) into --out.
