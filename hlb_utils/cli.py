@@ -1,6 +1,7 @@
 """The command line for headless runs and the GPU benchmark (no Jupyter needed).
 
     python -m hlb_utils train --profile quick --runs 2 --data PATH --out runs/quick
+    python -m hlb_utils train --runs 200 --cluster ADDRESS|local --out runs/many
 
 prints the live rows of the first run and one line per further run, then writes the run records
 (`summary.json`, `runs.csv`, `history.csv`) into --out.
@@ -61,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None, help="folder for summary.json, runs.csv, history.csv")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a config field, e.g. --set epochs=10 (JSON values)")
+    parser.add_argument("--cluster", default=None, metavar="ADDRESS|local",
+                        help="spread the runs over a Ray cluster (its address), or a Ray instance started here")
+    parser.add_argument("--cluster", default=None, metavar="ADDRESS|local",
+                        help="spread the runs over a Ray cluster (its address), or a Ray instance started here")
     parser.add_argument("--quiet", action="store_true", help="no live table")
     return parser
 
@@ -172,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         return stop.code
     if any(r.at_chance for r in result.finished):
         print(_chance_line(result))
+    if result.failed:
+        print(f"{len(result.failed)} run(s) failed and were not counted (their errors are in runs.csv): "
+              f"{result.failed[0].error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -188,7 +197,7 @@ def _train(cfg: TrainConfig, args: argparse.Namespace, out: Path | None, wall_st
                              wall_seconds=time.perf_counter() - wall_start)
 
     result = run_many(cfg, data, runs=args.runs, warmup_runs=args.warmup_runs, verbose=not args.quiet,
-                      on_run=save if out else None)
+                      on_run=save if out else None, cluster=args.cluster)
     if out:
         print(f"run records written to {save(result)}")
     return result

@@ -148,8 +148,8 @@ def results_table(entries: dict) -> "pd.DataFrame":
             row = dict(entry)
         elif hasattr(entry, "results"):  # RunsResult
             stats = entry.summary.iloc[0]
-            row = dict(accuracy=stats["mean"], seconds=stats["mean_seconds"],
-                       device=entry.results[0].device, runs=int(stats["runs"]))   # finished runs only
+            row = dict(accuracy=stats["mean"], seconds=stats["mean_seconds"],   # finished runs only
+                       device=entry.results[0].device if entry.results else "-", runs=int(stats["runs"]))
         else:  # TrainResult
             row = dict(accuracy=entry.test_accuracy, seconds=entry.train_seconds,
                        device=entry.device, runs=1)

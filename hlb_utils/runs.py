@@ -7,6 +7,9 @@ leaves a folder anyone can check later: `summary.json`, `runs.csv` and `history.
 A run cut short (Ctrl-C, SIGTERM) is kept in `runs.csv` with status `interrupted` but never counted:
 the accuracies, their mean, spread and interval, and the seconds cover finished runs only, and
 `summary.json` says how many runs were asked for, finished and interrupted, and which code ran them.
+
+With `cluster="local"` or a Ray address the runs spread over a cluster's GPUs (cluster.py); the
+records are the same files, with each run's host and the cluster's description.
 """
 from __future__ import annotations
 
@@ -30,20 +33,40 @@ from .train import TrainResult, train
 
 
 @dataclass
+class FailedRun:
+    """A run that raised, or whose worker died more often than its retries allow: in the table, never
+    in the statistics."""
+
+    config: TrainConfig
+    error: str
+    host: str = ""
+
+
+@dataclass
 class RunsResult:
-    """`table`: one row per run; `summary`: one row of statistics over the finished runs;
-    `results`: the TrainResults, interrupted ones included (`interrupted` set)."""
+    """`table`: one row per run; `summary`: one row of statistics; `results`: the TrainResults,
+    interrupted ones included (`interrupted` set).
+
+    The statistics cover finished runs only: an interrupted run's accuracy says nothing about the
+    recipe, and a failed run has none.
+    """
 
     config: TrainConfig
     results: list[TrainResult]
     target: float = 0.94
     warmup_seconds: list[float] = field(default_factory=list)   # wall seconds of each warm-up run (compiling)
-    requested: int | None = None   # runs asked for (None: as many as there are results)
-    stopped: bool = False          # Ctrl-C (or SIGTERM) stopped the series before all its runs came back
+    failed: list[FailedRun] = field(default_factory=list)
+    requested: int | None = None    # runs asked for (None: as many as there are results)
+    stopped: bool = False           # Ctrl-C (or SIGTERM) stopped the series before all its runs came back
+    cluster: dict | None = None     # the Ray cluster's description; None for a series run here
 
     @property
     def finished(self) -> list[TrainResult]:
         return [r for r in self.results if not r.interrupted]
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stopped or any(r.interrupted for r in self.results)
 
     @property
     def accuracies(self) -> list[float]:
@@ -51,28 +74,34 @@ class RunsResult:
 
     @property
     def counts(self) -> dict:
-        """Runs asked for, finished and interrupted. Stopped between runs or outside a run's epochs
-        (its final evaluation), the run under way or about to start is counted as interrupted."""
-        finished = len(self.finished)
+        """Runs asked for, finished, interrupted and failed. Stopped between runs or outside a run's
+        epochs (its final evaluation), the run under way or about to start is counted as interrupted."""
+        finished, failed = len(self.finished), len(self.failed)
         interrupted = len(self.results) - finished
-        if self.stopped and not interrupted and finished < (self.requested or finished):
+        if self.stopped and not interrupted and finished + failed < (self.requested or finished + failed):
             interrupted = 1
-        return dict(runs_requested=self.requested or finished + interrupted, runs_finished=finished,
-                    runs_interrupted=interrupted)
+        return dict(runs_requested=self.requested or finished + interrupted + failed, runs_finished=finished,
+                    runs_interrupted=interrupted, runs_failed=failed)
 
     @property
     def table(self) -> pd.DataFrame:
-        return pd.DataFrame([dict(run=i, seed=r.config.seed,
-                                  status="interrupted" if r.interrupted else "finished",
-                                  test_accuracy=r.test_accuracy, at_chance=r.at_chance,
-                                  train_seconds=r.train_seconds, compile_seconds=r.compile_seconds,
-                                  init_seconds=r.init_seconds, tta_seconds=r.tta_seconds,
-                                  peak_memory_mb=r.peak_memory_mb, compile=r.compile_note)
-                             for i, r in enumerate(self.results)])
+        rows = [dict(seed=r.config.seed, status="interrupted" if r.interrupted else "finished",
+                     test_accuracy=r.test_accuracy, at_chance=r.at_chance, train_seconds=r.train_seconds,
+                     compile_seconds=r.compile_seconds, init_seconds=r.init_seconds,
+                     tta_seconds=r.tta_seconds, peak_memory_mb=r.peak_memory_mb, compile=r.compile_note,
+                     host=r.host, device=r.device)
+                for r in self.results]
+        rows += [dict(seed=f.config.seed, status="failed", host=f.host, error=f.error) for f in self.failed]
+        rows.sort(key=lambda row: row["seed"])
+        for row in rows:
+            row["run"] = row["seed"] - self.config.seed
+        columns = ["run", "seed", "status", "test_accuracy", "at_chance", "train_seconds", "compile_seconds",
+                   "init_seconds", "tta_seconds", "peak_memory_mb", "compile", "host", "device"]
+        return pd.DataFrame(rows, columns=columns + (["error"] if self.failed else []))
 
     @property
     def summary(self) -> pd.DataFrame:
-        if not self.finished:
+        if not self.finished:   # nothing finished (all failed, or stopped early): the statistics are undefined
             keys = ("mean", "std", "min", "max", "ci95_low", "ci95_high", "share_at_target", "p_value",
                     "mean_seconds", "median_seconds")
             return pd.DataFrame([dict(runs=0, target=self.target, **dict.fromkeys(keys, math.nan))])
@@ -83,26 +112,32 @@ class RunsResult:
 
 
 def run_many(cfg: TrainConfig, data, runs: int = 5, target: float = 0.94, warmup_runs: int = 0,
-             verbose: bool = True, on_run: Callable[[RunsResult], None] | None = None) -> RunsResult:
+             verbose: bool = True, on_run: Callable[[RunsResult], None] | None = None,
+             cluster: str | None = None, train_fn: Callable[..., TrainResult] = train) -> RunsResult:
     """Train `runs` times with seeds cfg.seed, cfg.seed+1, ...; warm-up runs (seeds below) are not kept.
 
     Only the first counted run shows its live table; later runs print one line each. `on_run` gets
     the runs so far after each one (the command line writes its records then, so that a long series
     stopped early keeps the runs it finished). An interrupted run ends the series; it is kept, marked,
-    and left out of the statistics.
+    and left out of the statistics. `cluster`: None trains here, one run after another;
+    "local" starts a Ray instance on this machine, an address joins a running Ray cluster, and the
+    runs go one task each to its GPUs (or CPUs): see cluster.py. `train_fn(cfg, data, verbose=...)`
+    trains one run (default `train.train`; a wrapper can add a model of your own).
     """
     if runs < 1:
         raise ValueError(f"runs={runs} must be at least 1")
+    if cluster is not None:
+        return _run_many_on_cluster(cfg, data, runs, target, warmup_runs, verbose, on_run, cluster, train_fn)
     warm = []
     for i in range(warmup_runs):
-        res = train(cfg.replace(seed=cfg.seed - warmup_runs + i), data, verbose=False)
+        res = train_fn(cfg.replace(seed=cfg.seed - warmup_runs + i), data, verbose=False)
         warm.append(res.wall_seconds)
         if verbose:
             print(f"warm-up run {i + 1}/{warmup_runs}: {res.wall_seconds:.1f} s (not counted)")
     results, stopped = [], False
     try:
         for i in range(runs):
-            res = train(cfg.replace(seed=cfg.seed + i), data, verbose=verbose and i == 0)
+            res = train_fn(cfg.replace(seed=cfg.seed + i), data, verbose=verbose and i == 0)
             results.append(res)
             if on_run is not None:
                 on_run(RunsResult(cfg, list(results), target, warm, requested=runs))
@@ -122,9 +157,58 @@ def run_many(cfg: TrainConfig, data, runs: int = 5, target: float = 0.94, warmup
             on_run(RunsResult(cfg, results, target, warm, requested=runs, stopped=True))
     stopped = stopped or results[-1].interrupted
     out = RunsResult(cfg, results, target, warm, requested=runs, stopped=stopped)
-    if verbose and len(out.finished) > 1:
-        s = out.summary.iloc[0]
-        print(f"{len(out.finished)} finished runs: mean {s['mean']:.4f} +- {s['std']:.4f} (std), "
+    return _print_summary(out, verbose)
+
+
+def sweep(cfg: TrainConfig, data, knob: str, values: list, runs: int = 1, target: float = 0.94,
+          cluster: str | None = None, verbose: bool = True) -> dict[str, RunsResult]:
+    """Train `runs` seeds at each value of one config field (notebook 07); keys are "knob=value".
+
+    On a cluster every run of every value is its own task, so the whole sweep spreads at once.
+    """
+    variants = {f"{knob}={value}": cfg.replace(**{knob: value}) for value in values}
+    if cluster is None:
+        out = {}
+        for name, variant in variants.items():
+            out[name] = run_many(variant, data, runs=runs, target=target, verbose=False)
+            if verbose:
+                print(f"{name}: accuracy {out[name].summary.loc[0, 'mean']:.4f}  "
+                      f"{out[name].summary.loc[0, 'mean_seconds']:.2f} s  ({runs} run(s))")
+        return out
+    from .cluster import run_on_cluster
+
+    configs = [v.replace(seed=v.seed + i) for v in variants.values() for i in range(runs)]
+    outcome = run_on_cluster(configs, data, cluster, verbose=verbose)
+    return {name: _collect(variant, outcome, target, range(k * runs, (k + 1) * runs))
+            for k, (name, variant) in enumerate(variants.items())}
+
+
+def _run_many_on_cluster(cfg, data, runs, target, warmup_runs, verbose, on_run, cluster, train_fn):
+    """run_many's cluster path: one Ray task per seed (cluster.py), collected into a RunsResult."""
+    from .cluster import run_on_cluster
+
+    def report(outcome):
+        if on_run is not None:
+            on_run(_collect(cfg, outcome, target))
+
+    configs = [cfg.replace(seed=cfg.seed + i) for i in range(runs)]
+    outcome = run_on_cluster(configs, data, cluster, warmup_runs=warmup_runs, train_fn=train_fn,
+                             verbose=verbose, on_result=report)
+    return _print_summary(_collect(cfg, outcome, target), verbose)
+
+
+def _collect(cfg: TrainConfig, outcome, target: float, indices=None) -> RunsResult:
+    """A RunsResult from a cluster's outcome (its runs in config order; None where cancelled)."""
+    items = [outcome.runs[i] for i in (indices if indices is not None else range(len(outcome.runs)))]
+    return RunsResult(cfg, [r for r in items if isinstance(r, TrainResult)], target, outcome.warmup_seconds,
+                      failed=[r for r in items if isinstance(r, FailedRun)], requested=len(items),
+                      stopped=outcome.stopped, cluster=outcome.cluster)
+
+
+def _print_summary(out: RunsResult, verbose: bool) -> RunsResult:
+    s = out.summary.iloc[0]
+    if verbose and s["runs"] > 1:
+        print(f"{int(s['runs'])} finished runs: mean {s['mean']:.4f} +- {s['std']:.4f} (std), "
               f"95% CI [{s['ci95_low']:.4f}, {s['ci95_high']:.4f}], {s['mean_seconds']:.2f} s mean")
     return out
 
@@ -163,27 +247,31 @@ def write_records(result: TrainResult | RunsResult, out_dir, data_source: str = 
     runs = result if isinstance(result, RunsResult) else RunsResult(result.config, [result])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    first = runs.results[0]
-    histories = [r.history.assign(run=i) for i, r in enumerate(runs.results)]
-    pd.concat(histories, ignore_index=True).to_csv(out / "history.csv", index=False)
+    done = runs.results
+    first = done[0] if done else None   # None: every run failed, or Ctrl-C came before the first
+    histories = [r.history.assign(run=r.config.seed - runs.config.seed) for r in done]
+    history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame(columns=["run"])
+    history.to_csv(out / "history.csv", index=False)
     runs.table.to_csv(out / "runs.csv", index=False)
     stats, counts = runs.summary.iloc[0].to_dict(), runs.counts
+    finished = runs.finished
     summary = dict(
         profile=runs.config.profile, test_accuracy=stats["mean"], accuracies=runs.accuracies,
         test_accuracy_std=stats["std"], ci95=[stats["ci95_low"], stats["ci95_high"]],
         p_value_vs_target=stats["p_value"], target=runs.target,
-        train_seconds=stats["mean_seconds"], train_seconds_all=[r.train_seconds for r in runs.finished],
-        compile_seconds=first.compile_seconds, tta_seconds=statistics.fmean(r.tta_seconds for r in runs.results),
-        wall_seconds=wall_seconds if wall_seconds is not None else sum(r.wall_seconds for r in runs.results),
+        train_seconds=stats["mean_seconds"], train_seconds_all=[r.train_seconds for r in finished],
+        compile_seconds=first.compile_seconds if first else None,
+        tta_seconds=statistics.fmean(r.tta_seconds for r in finished) if finished else None,
+        wall_seconds=wall_seconds if wall_seconds is not None else sum(r.wall_seconds for r in done),
         epochs=runs.config.epochs, runs=counts["runs_finished"], **counts,
-        runs_at_chance=sum(r.at_chance for r in runs.finished), warmup_runs=len(runs.warmup_seconds),
+        runs_at_chance=sum(r.at_chance for r in finished), warmup_runs=len(runs.warmup_seconds),
         warmup_wall_seconds=runs.warmup_seconds,
-        device=first.device, precision=first.precision,
+        device=first.device if first else None, precision=first.precision if first else None,
         # every distinct note, so that a run that fell back to eager shows even when the first did not
-        compile=" | ".join(dict.fromkeys(r.compile_note for r in runs.results)),
+        compile=" | ".join(dict.fromkeys(r.compile_note for r in done)) or None,
         torch=torch.__version__, data=str(data_source),
-        seed=runs.config.seed, peak_memory_mb=max((r.peak_memory_mb or 0) for r in runs.results),
-        interrupted=counts["runs_interrupted"] > 0, code_version=code_version(),
+        seed=runs.config.seed, peak_memory_mb=max((r.peak_memory_mb or 0) for r in done) if done else None,
+        interrupted=counts["runs_interrupted"] > 0, code_version=code_version(), cluster=runs.cluster,
         date=_dt.datetime.now().isoformat(timespec="seconds"), config=runs.config.to_dict(),
     )
     text = json.dumps(_clean(summary), indent=2)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import math
 import resource
+import socket
 import time
 import warnings
 from contextlib import nullcontext
@@ -74,6 +75,7 @@ class TrainResult:
     interrupted: bool = False     # cut short (Ctrl-C, SIGTERM): never counted in a series' statistics
     at_chance: bool = False       # the final accuracy cannot be told apart from guessing
     compile_note: str = "off"
+    host: str = field(default_factory=socket.gethostname)   # the machine that trained (many runs on a cluster)
     model: nn.Module | None = field(default=None, repr=False)
 
 

@@ -366,3 +366,11 @@ def test_out_of_memory_names_a_smaller_batch(synthetic, monkeypatch):
     monkeypatch.setattr(train._Run, "_epoch", no_memory)
     with pytest.raises(RuntimeError, match=r"batch_size=100.*batch_size=50"):
         train.train(tiny_cfg(), synthetic, verbose=False)
+
+
+def test_sweep_trains_each_value_with_its_seeds(synthetic):
+    swept = runs.sweep(tiny_cfg(epochs=1), synthetic, "batch_size", [100, 200], runs=2, verbose=False)
+    assert list(swept) == ["batch_size=100", "batch_size=200"]
+    for value, result in zip([100, 200], swept.values()):
+        assert [r.config.batch_size for r in result.results] == [value, value]
+        assert list(result.table["seed"]) == [0, 1] and list(result.table["status"]) == ["finished"] * 2
