@@ -64,8 +64,6 @@ def _parser() -> argparse.ArgumentParser:
                         help="override a config field, e.g. --set epochs=10 (JSON values)")
     parser.add_argument("--cluster", default=None, metavar="ADDRESS|local",
                         help="spread the runs over a Ray cluster (its address), or a Ray instance started here")
-    parser.add_argument("--cluster", default=None, metavar="ADDRESS|local",
-                        help="spread the runs over a Ray cluster (its address), or a Ray instance started here")
     parser.add_argument("--quiet", action="store_true", help="no live table")
     return parser
 

@@ -88,7 +88,7 @@ def test_run_stopped_in_its_final_evaluation_counts_as_interrupted(synthetic, tm
     saved = []
     result = runs.run_many(tiny_cfg(), synthetic, runs=3, verbose=False, on_run=saved.append)
     assert len(result.results) == 1 and result.counts == dict(runs_requested=3, runs_finished=1,
-                                                                runs_interrupted=1)
+                                                                runs_interrupted=1, runs_failed=0)
     assert saved[-1].counts["runs_interrupted"] == 1   # the records written last say so too
 
 
