@@ -235,9 +235,10 @@ def test_notebook_runs_in_the_quick_profile(path, replica, tmp_path, monkeypatch
 
 
 def _set_lines(source: str, changes: dict[str, str]) -> str:
-    """The cell's source with each line starting `NAME = ` replaced by `NAME = value`."""
+    """The cell's source with each statement `NAME = ...` (its indented continuation lines too) replaced
+    by `NAME = value`."""
     for name, value in changes.items():
-        source, n = re.subn(rf"^{name} = .*$", f"{name} = {value}", source, flags=re.M)
+        source, n = re.subn(rf"^{name} = .*(?:\n[ \t]+.*)*$", f"{name} = {value}", source, flags=re.M)
         assert n == 1, f"no single line `{name} = ...` in the config cell"
     return source
 
