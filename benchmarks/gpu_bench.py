@@ -327,7 +327,8 @@ def format_table(rows: list[dict]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="CIFAR-10 source: a torchvision folder or the JPEG replica's .tar.gz")
-    p.add_argument("--runs", type=int, default=25, help="timed runs of `airbench` (after 1 warm-up) and of each peer")
+    p.add_argument("--runs", type=int, default=25,
+                   help="timed runs of `record` and `airbench` (each after 1 warm-up) and of each peer")
     p.add_argument("--seed-runs", type=int, default=3, help="timed runs of `seed` (after 1 warm-up)")
     p.add_argument("--peer", action="append", default=[], metavar="NAME=PATH",
                    help="a peer's script, e.g. airbench94_muon=peers/airbench94_muon.py (repeatable)")

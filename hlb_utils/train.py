@@ -328,7 +328,7 @@ class _Run:
         """Mixed precision (autocast to bf16/fp16) where the config asks for it, else a no-op."""
         return torch.autocast(x.device.type, dtype=self.autocast) if self.autocast else nullcontext()
 
-    def step(self, x, y, update: bool = True):
+    def step(self, x, y):
         """One optimisation step; returns (summed loss, correct count) as device tensors."""
         with region("hlb:forward_backward"):
             with self.precision(x):
@@ -336,10 +336,8 @@ class _Run:
                 loss = self.loss_fn(logits.float(), y)
             loss.backward()
         with region("hlb:optimizer"):
-            if update:
-                for opt in self.optimizers:
-                    opt.step()
             for opt in self.optimizers:
+                opt.step()
                 opt.zero_grad(set_to_none=True)
         return loss.detach(), (logits.detach().argmax(1) == y).sum()
 

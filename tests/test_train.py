@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hlb_utils import config, evaluate, optim, runs, stats, train
-from hlb_utils.config import TrainConfig, get_profile
+from hlb_utils.config import get_profile
 from hlb_utils.device import compile_model
 
 # A tiny config for the synthetic data: seconds, not minutes.
