@@ -1,10 +1,9 @@
-"""Optimisation: parameter groups, the Muon optimiser, lr schedules, EMA, Lookahead, the loss.
+"""Optimisation: parameter groups, the Muon optimiser, lr schedules, EMA, the loss.
 
 Notebook 04 (the recipe) teaches `smoothed_cross_entropy`, `split_params` (a separate, larger lr for
 biases), the schedules of `lr_multiplier` and `EMA`; notebook 05 (speed tricks) teaches `Muon` (a
 learner writes `newton_schulz` and one Muon step, checked against these). `make_optimizers` puts them
 together for `train.train`.
-`Lookahead` (airbench94's weight averaging) is a knob, `TrainConfig.lookahead`, off in every profile.
 """
 from __future__ import annotations
 
@@ -259,44 +258,6 @@ class EMA:
                 mine.lerp_(theirs.detach().to(mine.dtype), 1 - self.decay)
             else:
                 mine.copy_(theirs)
-
-
-class Lookahead:
-    """Slow weights pulled towards the fast ones every `k` steps (airbench94; `TrainConfig.lookahead`).
-
-    At every k-th step s: slow <- slow + (1 - d) (fast - slow), then fast <- slow, with
-    d = alpha * (s / total_steps)^3: free movement early, strong averaging late (airbench94:
-    alpha = 0.95^5, k = 5). Applies to all float parameters and buffers. Call `finish()` after the
-    last step to leave the net at the slow weights, as airbench94 does.
-    """
-
-    def __init__(self, net: nn.Module, total_steps: int, k: int = 5, alpha: float = 0.95 ** 5) -> None:
-        if total_steps < 1 or k < 1 or not 0 <= alpha <= 1:
-            raise ValueError(f"Lookahead: need total_steps >= 1, k >= 1, 0 <= alpha <= 1; "
-                             f"got {total_steps}, {k}, {alpha}")
-        self.net, self.total_steps, self.k, self.alpha = net, total_steps, k, alpha
-        self.slow = [t.detach().clone() for t in self._tensors(net)]
-
-    @staticmethod
-    def _tensors(net: nn.Module) -> list[torch.Tensor]:
-        return [t for t in (*net.parameters(), *net.buffers()) if t.is_floating_point()]
-
-    def decay(self, step_index: int) -> float:
-        return self.alpha * min(step_index / self.total_steps, 1.0) ** 3
-
-    def step(self, step_index: int) -> None:
-        """Call after each optimiser step with the count of steps done (1-based)."""
-        if step_index % self.k == 0:
-            self._pull(self.decay(step_index))
-
-    def finish(self) -> None:
-        self._pull(1.0)
-
-    @torch.no_grad()
-    def _pull(self, decay: float) -> None:
-        for slow, fast in zip(self.slow, self._tensors(self.net)):
-            slow.lerp_(fast.to(slow.dtype), 1 - decay)
-            fast.copy_(slow)
 
 
 def smoothed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothing: float = 0.2,

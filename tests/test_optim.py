@@ -1,4 +1,4 @@
-"""Optimisation pieces: parameter groups, Muon, schedules, EMA, Lookahead, loss (hlb_utils.optim)."""
+"""Optimisation pieces: parameter groups, Muon, schedules, EMA, loss (hlb_utils.optim)."""
 import math
 
 import pytest
@@ -153,23 +153,6 @@ def test_ema_after_k_updates_is_one_minus_decay_to_the_k():
     assert torch.allclose(ema.model[1].running_mean, torch.full((2,), 3.0 * (1 - 0.9 ** 3)))
     assert ema.model[1].num_batches_tracked == net[1].num_batches_tracked
     assert torch.equal(net[0].weight, torch.ones_like(net[0].weight))   # the live net is left alone
-
-
-def test_lookahead_pulls_every_k_steps_and_finishes_on_slow_weights():
-    net = nn.Linear(2, 2, bias=False)
-    with torch.no_grad():
-        net.weight.zero_()
-    la = O.Lookahead(net, total_steps=10, k=5, alpha=0.5)
-    with torch.no_grad():
-        net.weight.fill_(1.0)
-    la.step(3)
-    assert torch.all(net.weight == 1.0)
-    la.step(5)  # decay 0.5 * (5/10)^3 = 0.0625, so slow = 0 + (1 - 0.0625) * (1 - 0)
-    assert torch.allclose(net.weight, torch.full((2, 2), 0.9375))
-    with torch.no_grad():
-        net.weight.fill_(2.0)
-    la.finish()
-    assert torch.allclose(net.weight, torch.full((2, 2), 0.9375))
 
 
 def test_smoothed_cross_entropy_matches_the_formula():
