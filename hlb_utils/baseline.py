@@ -62,7 +62,7 @@ def make_baseline_net(widths: tuple = (32, 64, 128), classes: int = 10) -> nn.Se
 
 
 @torch.no_grad()
-def _evaluate(net: nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, float]:
+def evaluate_baseline(net: nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, float]:
     """Mean cross entropy and accuracy over the whole test set."""
     net.eval()
     loss, right = 0.0, 0
@@ -82,8 +82,6 @@ def train_baseline(data, epochs: int = 10, batch_size: int = 128, lr: float = 0.
     `data` is a Cifar10 tuple (hu.data.load_cifar10()). Training seconds are the wall time of the
     epochs, data loading included (that is part of the conventional cost); evaluation is outside.
     """
-    if epochs < 1 or batch_size < 1 or lr <= 0:
-        raise ValueError(f"need epochs >= 1, batch_size >= 1 and lr > 0; got {epochs}, {batch_size}, {lr}")
     device = torch.device(device)
     torch.manual_seed(seed)
     tr = shuffled_indices(len(data.train_labels), subset, seed)
@@ -108,7 +106,7 @@ def train_baseline(data, epochs: int = 10, batch_size: int = 128, lr: float = 0.
             right += (logits.argmax(1) == y).sum().item()
             seen += len(y)
         seconds += time.perf_counter() - start
-        test_loss, test_acc = _evaluate(net, test_loader, device)
+        test_loss, test_acc = evaluate_baseline(net, test_loader, device)
         rows.append(dict(epoch=epoch, train_loss=loss_sum / seen, train_acc=right / seen,
                          test_loss=test_loss, test_acc=test_acc, train_seconds=seconds))
     return pd.DataFrame(rows), rows[-1]["test_acc"], seconds

@@ -72,7 +72,6 @@ class TrainConfig:
     ema_decay: float = 0.0            # 0 = no EMA; else decay per EMA update, 0..1
     ema_every: int = 2                # steps between EMA updates, >= 1
     ema_epochs: float = 2.0           # EMA runs over the last N epochs, >= 0
-    lookahead: bool = False           # Lookahead (slow weights) every 5 steps
     # --- evaluation ---
     tta: str = "multi"                # 'none', 'flip', 'multi' (flip + 1-pixel translations) or 'selective' (multi on the least sure 25%)
     eval_every: int = 1               # evaluate the test set every N epochs (outside the timer); 0 = only at the end

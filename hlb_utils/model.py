@@ -1,9 +1,9 @@
 """The networks, built from small blocks that a notebook can show one at a time.
 
-Notebook 03 (SE-ResNet) shows the blocks (`conv3x3`, `BatchNorm`, `SqueezeExcite`, `ConvGroup`),
-builds `make_seed_net`, the SE-ResNet of hlb-CIFAR10, and teaches patch whitening (`Whitening`,
-`init_whitening`); notebook 05 (speed tricks) slims it into `make_record_net`, the airbench94_muon
-network (no residuals, no SE, identity init). Notebooks 02, 03 and 05 count costs with `count_params`
+Notebook 03 (SE-ResNet) shows the blocks (`conv3x3`, `BatchNorm`, `SqueezeExcite`, `ResidualSEGroup`),
+builds `make_seed_net`, the SE-ResNet of hlb-CIFAR10, and teaches patch whitening (`patch_covariance`,
+`whitening_filters`, `init_whitening`); notebook 05 (speed tricks) slims it into `make_record_net`,
+the airbench94_muon network of straight-line `ConvGroup`s (no residuals, no SE, identity init). Notebooks 02, 03 and 05 count costs with `count_params`
 and `count_flops`.
 
 Every net exposes `net.whiten` (the frozen whitening conv, with a trainable bias) and `net.head`
@@ -77,42 +77,51 @@ class SqueezeExcite(nn.Module):
 
 
 class ConvGroup(nn.Module):
-    """conv -> max-pool 2 -> norm -> act, then optionally more convs.
+    """airbench's conv group, the record net's (notebook 05): conv, max-pool 2, norm, act, conv, norm, act.
 
-    `second_conv`: conv -> norm -> act once more (airbench's group, the record net).
-    `residual`: hlb's SE-ResNet branch, x + act(norm(se(conv(act(norm(conv(x))))))), where the
-    squeeze-and-excite gates (`se`) come from the branch input and scale the second conv's output.
+    Pooling right after the first conv lets the norm, the activation and the second conv run on a
+    quarter of the pixels.
     """
 
     def __init__(self, c_in: int, c_out: int, act: str = "gelu", bn_momentum: float = 0.4,
-                 bn_eps: float = 1e-12, second_conv: bool = True, residual: bool = False,
-                 se: bool = False) -> None:
+                 bn_eps: float = 1e-12) -> None:
         super().__init__()
-        if se and not residual:
-            raise ValueError("ConvGroup: se=True needs residual=True (the gates scale the residual branch)")
-        self.conv1, self.norm1 = conv3x3(c_in, c_out), BatchNorm(c_out, bn_momentum, bn_eps)
-        self.pool, self.act = nn.MaxPool2d(2), make_act(act)
-        self.conv2 = self.norm2 = self.res = None
-        if second_conv:
-            self.conv2, self.norm2 = conv3x3(c_out, c_out), BatchNorm(c_out, bn_momentum, bn_eps)
-        if residual:
-            self.res = nn.ModuleDict(dict(
-                conv_a=conv3x3(c_out, c_out), norm_a=BatchNorm(c_out, bn_momentum, bn_eps),
-                conv_b=conv3x3(c_out, c_out), norm_b=BatchNorm(c_out, bn_momentum, bn_eps)))
-            if se:
-                self.res["se"] = SqueezeExcite(c_out, act=act)
+        self.conv1, self.pool = conv3x3(c_in, c_out), nn.MaxPool2d(2)
+        self.norm1 = BatchNorm(c_out, bn_momentum, bn_eps)
+        self.conv2, self.norm2 = conv3x3(c_out, c_out), BatchNorm(c_out, bn_momentum, bn_eps)
+        self.act = make_act(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.norm1(self.pool(self.conv1(x))))
-        if self.conv2 is not None:
-            x = self.act(self.norm2(self.conv2(x)))
-        if self.res is not None:
-            r = self.res
-            y = r["conv_b"](self.act(r["norm_a"](r["conv_a"](x))))
-            if "se" in r:
-                y = r["se"](x, apply_to=y)
-            x = x + self.act(r["norm_b"](y))
-        return x
+        return self.act(self.norm2(self.conv2(x)))
+
+
+def pool_block(c_in: int, c_out: int, act: str = "gelu", bn_momentum: float = 0.8,
+               bn_eps: float = 1e-12) -> nn.Sequential:
+    """conv, max-pool 2, norm, act: the seed net's middle group, and how its residual groups begin."""
+    return nn.Sequential(conv3x3(c_in, c_out), nn.MaxPool2d(2), BatchNorm(c_out, bn_momentum, bn_eps),
+                         make_act(act))
+
+
+class ResidualSEGroup(nn.Module):
+    """hlb-CIFAR10's residual group, the seed net's first and last (notebook 03).
+
+    A `pool_block`, then x + act(norm(se(conv(act(norm(conv(x))))))): a residual branch of two
+    convs whose output the squeeze-and-excite gates scale, the gates computed from the branch input.
+    """
+
+    def __init__(self, c_in: int, c_out: int, act: str = "gelu", bn_momentum: float = 0.8,
+                 bn_eps: float = 1e-12) -> None:
+        super().__init__()
+        self.down = pool_block(c_in, c_out, act, bn_momentum, bn_eps)
+        self.conv_a, self.norm_a = conv3x3(c_out, c_out), BatchNorm(c_out, bn_momentum, bn_eps)
+        self.conv_b, self.norm_b = conv3x3(c_out, c_out), BatchNorm(c_out, bn_momentum, bn_eps)
+        self.se, self.act = SqueezeExcite(c_out, act=act), make_act(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.down(x)
+        branch = self.conv_b(self.act(self.norm_a(self.conv_a(x))))
+        return x + self.act(self.norm_b(self.se(x, apply_to=branch)))
 
 
 class Whitening(nn.Conv2d):
@@ -134,18 +143,19 @@ class Whitening(nn.Conv2d):
             self.bias.zero_()
 
 
-def _patch_covariance(images: torch.Tensor, patch: int, chunk: int) -> torch.Tensor:
-    """Covariance of all patch x patch pixel patches, accumulated over chunks in fp64; returned on the CPU.
+def patch_covariance(images: torch.Tensor, patch: int = 2, chunk: int = 1024) -> torch.Tensor:
+    """Covariance of all patch x patch pixel patches of `images`, in fp64 on the CPU (notebook 03).
 
-    Runs where the images are (a GPU does it in milliseconds; the CPU takes seconds for 5,000 images),
-    except on Apple's MPS, which has no fp64.
+    Each patch is a row of C*patch*patch values in the (c, h, w) order of a conv weight. The sums
+    are accumulated `chunk` images at a time where the images are, so that 50,000 images fit and a
+    GPU does it in milliseconds (Apple's MPS has no fp64: there the CPU does it).
     """
     dims = images.shape[1] * patch * patch
     work = images.device if images.device.type in ("cpu", "cuda") else torch.device("cpu")
     total = torch.zeros(dims, dtype=torch.float64, device=work)
     outer, count = torch.zeros(dims, dims, dtype=torch.float64, device=work), 0
     for part in images.split(chunk):
-        # (N, C, H', W', p, p) -> rows of C*p*p values, in the (c, h, w) order of a conv weight.
+        # (N, C, H', W', p, p) -> rows of C*p*p values
         p = part.detach().to(work, torch.float64).unfold(2, patch, 1).unfold(3, patch, 1)
         rows = p.permute(0, 2, 3, 1, 4, 5).reshape(-1, dims)
         total += rows.sum(0)
@@ -155,16 +165,24 @@ def _patch_covariance(images: torch.Tensor, patch: int, chunk: int) -> torch.Ten
     return ((outer - count * torch.outer(mean, mean)) / (count - 1)).cpu()
 
 
+def whitening_filters(covariance: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(filters, eigenvalues) of a patch covariance: each eigenvector divided by sqrt(eigenvalue + eps).
+
+    Filters come one per row, smallest eigenvalue first (`eigh`'s order); whitened patches then have
+    covariance close to the identity, `eps` keeping the weakest directions (pixel noise) from blowing up.
+    """
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+    return eigenvectors.T / torch.sqrt(eigenvalues.clamp_min(0) + eps)[:, None], eigenvalues
+
+
 def init_whitening(net_or_layer: nn.Module, images: torch.Tensor, eps: float | None = None,
                    chunk: int = 1024) -> torch.Tensor:
     """Set the whitening filters from the patch statistics of `images`; returns the eigenvalues.
 
     `images`: normalised float (N, 3, H, W), a few thousand training images (airbench uses 5000).
-    The filters are V / sqrt(lambda + eps) (eigenvectors scaled by their eigenvalues) and their
-    negations, so whitened patches have covariance close to the identity. The patch statistics are
-    summed in fp64 where the images are, in chunks of `chunk` images so that 50000 fit; the 12x12
-    eigendecomposition runs on the CPU (cheap, and `eigh` is missing on some devices); the result is
-    copied to the layer's device and dtype.
+    The filters are `whitening_filters` of `patch_covariance`, plus their negations where the layer
+    has twice as many channels (airbench's net); the 12x12 eigendecomposition runs on the CPU (cheap,
+    and `eigh` is missing on some devices); the result is copied to the layer's device and dtype.
     `eps=None` uses the layer's own default (`Whitening.eps`).
     """
     layer = getattr(net_or_layer, "whiten", net_or_layer)
@@ -177,8 +195,7 @@ def init_whitening(net_or_layer: nn.Module, images: torch.Tensor, eps: float | N
     if layer.out_channels not in (dims, 2 * dims):
         raise ValueError(f"init_whitening: the whitening conv needs {dims} or {2 * dims} output channels")
     eps = getattr(layer, "eps", 5e-4) if eps is None else eps
-    eigenvalues, eigenvectors = torch.linalg.eigh(_patch_covariance(images, patch, chunk))
-    filters = (eigenvectors.T / torch.sqrt(eigenvalues.clamp_min(0) + eps)[:, None])
+    filters, eigenvalues = whitening_filters(patch_covariance(images, patch, chunk), eps)
     filters = filters.reshape(dims, layer.in_channels, patch, patch)
     if layer.out_channels == 2 * dims:
         filters = torch.cat((filters, -filters))
@@ -217,12 +234,10 @@ def make_record_net(widths: tuple = (64, 256, 256), act: str = "gelu", bn_moment
     `whiten_act` is the activation after the whitening (default: `act`); hiverge's record uses SiLU in
     the groups (`act='silu'`) and keeps GELU there.
     """
-    if len(widths) != 3:
-        raise ValueError(f"make_record_net: widths={widths!r} must have 3 entries")
     whiten = Whitening(negate=True, eps=5e-4)
     groups, c_in = [], whiten.out_channels
     for w in widths:
-        groups.append(ConvGroup(c_in, int(w), act, bn_momentum, bn_eps, second_conv=True))
+        groups.append(ConvGroup(c_in, int(w), act, bn_momentum, bn_eps))
         c_in = int(w)
     net = Net(whiten, nn.Sequential(make_act(whiten_act or act), *groups), c_in, head_scale=1.0 / c_in,
               classes=classes)
@@ -247,16 +262,14 @@ def make_seed_net(widths: tuple = (32, 128, 256, 512), act: str = "gelu", bn_mom
     Ours differs in two small ways: the whitening conv has a bias (held at 0 when the seed profile
     sets whiten_bias_epochs=0), and hlb's in-network flip averaging at eval lives in `evaluate`.
     """
-    if len(widths) != 4:
-        raise ValueError(f"make_seed_net: widths={widths!r} must have 4 entries")
     w0, w1, w2, w3 = (int(w) for w in widths)
     whiten = Whitening(negate=False, eps=1e-2)
     body = nn.Sequential(
         nn.Conv2d(whiten.out_channels, w0, kernel_size=1, bias=False), BatchNorm(w0, bn_momentum, bn_eps),
         make_act(act),
-        ConvGroup(w0, w1, act, bn_momentum, bn_eps, second_conv=False, residual=True, se=True),
-        ConvGroup(w1, w2, act, bn_momentum, bn_eps, second_conv=False),
-        ConvGroup(w2, w3, act, bn_momentum, bn_eps, second_conv=False, residual=True, se=True),
+        ResidualSEGroup(w0, w1, act, bn_momentum, bn_eps),
+        pool_block(w1, w2, act, bn_momentum, bn_eps),
+        ResidualSEGroup(w2, w3, act, bn_momentum, bn_eps),
     )
     return Net(whiten, body, w3, head_scale=0.1, classes=classes)
 

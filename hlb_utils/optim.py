@@ -1,9 +1,9 @@
-"""Optimisation: parameter groups, the Muon optimiser, lr schedules, EMA, Lookahead, the loss.
+"""Optimisation: parameter groups, the Muon optimiser, lr schedules, EMA, the loss.
 
 Notebook 04 (the recipe) teaches `smoothed_cross_entropy`, `split_params` (a separate, larger lr for
-biases), the schedules of `lr_multiplier` and `EMA`; notebook 05 (speed tricks) teaches `Muon`
-(`newton_schulz` shown step by step). `make_optimizers` puts them together for `train.train`.
-`Lookahead` (airbench94's weight averaging) is a knob, `TrainConfig.lookahead`, off in every profile.
+biases), the schedules of `lr_multiplier` and `EMA`; notebook 05 (speed tricks) teaches `Muon` (a
+learner writes `newton_schulz` and one Muon step, checked against these). `make_optimizers` puts them
+together for `train.train`.
 """
 from __future__ import annotations
 
@@ -57,22 +57,36 @@ def split_params(net: nn.Module) -> dict[str, list[nn.Parameter]]:
     return parts
 
 
-def newton_schulz(G: torch.Tensor, steps: int = 3, dtype: torch.dtype | None = None,
-                  coeffs: tuple = NS_COEFFS) -> torch.Tensor:
-    """Approximately orthogonalise matrices: push every singular value of G towards 1 (notebook 05).
+def newton_schulz(G: torch.Tensor, steps: int = 3, coeffs: tuple = NS_COEFFS) -> torch.Tensor:
+    """Approximately orthogonalise a matrix: push every singular value of G towards 1 (notebook 05).
 
-    G is (..., m, n); a batch of same-shaped matrices runs at once. Each is first divided by its
-    Frobenius norm (+1e-7) so all singular values are <= 1, then each step maps X to
-    a X + (b XX^T + c (XX^T)^2) X, which acts on each singular value s as a s + b s^3 + c s^5.
-    With 3 steps the singular values land roughly in 0.5..1.5, which trains as well as exactly 1.
+    G is first divided by its Frobenius norm (+1e-7), so that all its singular values are <= 1; then
+    each step maps X to a X + (b A + c A^2) X with A = X X^T, which acts on each singular value s as
+    a s + b s^3 + c s^5. After 3 steps they lie near 1, not on it, which trains as well as exactly 1.
+    Runs in G's dtype. `coeffs` are (a, b, c). Muon runs the same iteration on a stack of matrices at
+    once (`_newton_schulz_batched`).
+    """
+    a, b, c = coeffs
+    # work on the wide orientation: X X^T is then the smaller Gram matrix
+    X = G.T if G.shape[0] > G.shape[1] else G
+    X = X / (X.norm() + 1e-7)
+    for _ in range(steps):
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    return X.T if G.shape[0] > G.shape[1] else X
+
+
+def _newton_schulz_batched(G: torch.Tensor, steps: int = 3, dtype: torch.dtype | None = None,
+                           coeffs: tuple = NS_COEFFS) -> torch.Tensor:
+    """`newton_schulz` of each matrix in G (..., m, n) at once, three fused kernels per step.
+
     Runs in `dtype` (default: the device's compute precision, `device.pick_dtype`: bf16 on recent
-    GPUs, fp16 on T4/V100, fp32 elsewhere) and returns that dtype. `coeffs` are (a, b, c).
+    GPUs, fp16 on T4/V100, fp32 elsewhere) and returns that dtype.
     """
     a, b, c = coeffs
     X = G.to(dtype or pick_dtype(G.device))
     tall = X.shape[-2] > X.shape[-1]
     if tall:
-        # Iterate on the wide orientation: X X^T is then the smaller Gram matrix.
         X = X.mT
     batch_shape = X.shape[:-2]
     X = X.reshape(-1, *X.shape[-2:])   # one batch dimension, for baddbmm
@@ -89,7 +103,7 @@ def newton_schulz(G: torch.Tensor, steps: int = 3, dtype: torch.dtype | None = N
 class Muon(torch.optim.Optimizer):
     """Momentum, then an orthogonalised update per conv filter bank (airbench94_muon, notebook 05).
 
-    Each 4-D weight's update is reshaped to (out, in*k*k) and orthogonalised by `newton_schulz`;
+    Each 4-D weight's update is reshaped to (out, in*k*k) and orthogonalised (`newton_schulz`);
     weights of the same shape are stacked and orthogonalised in one batched call (`batch='pad'`:
     all of them, zero-padded to one shape, as hiverge's record does; the zeros stay zero, so the
     result is the same). As in airbench94_muon, each weight is first rescaled to Frobenius norm
@@ -157,10 +171,10 @@ class Muon(torch.optim.Optimizer):
         return loss
 
     def _orthogonalise(self, updates: list, group: dict) -> list:
-        """newton_schulz of each update as an (out, in*k*k) matrix, batched by shape or all padded together."""
+        """Newton-Schulz of each update as an (out, in*k*k) matrix, batched by shape or all padded together."""
         mats = [u.reshape(u.shape[0], -1) for u in updates]
         def run(stack):
-            return newton_schulz(stack, group["ns_steps"], self.ns_dtype, group["ns_coeffs"])
+            return _newton_schulz_batched(stack, group["ns_steps"], self.ns_dtype, group["ns_coeffs"])
 
         if self.batch == "pad" and len({m.device for m in mats}) == 1:
             rows, cols = max(m.shape[0] for m in mats), max(m.shape[1] for m in mats)
@@ -244,44 +258,6 @@ class EMA:
                 mine.lerp_(theirs.detach().to(mine.dtype), 1 - self.decay)
             else:
                 mine.copy_(theirs)
-
-
-class Lookahead:
-    """Slow weights pulled towards the fast ones every `k` steps (airbench94; `TrainConfig.lookahead`).
-
-    At every k-th step s: slow <- slow + (1 - d) (fast - slow), then fast <- slow, with
-    d = alpha * (s / total_steps)^3: free movement early, strong averaging late (airbench94:
-    alpha = 0.95^5, k = 5). Applies to all float parameters and buffers. Call `finish()` after the
-    last step to leave the net at the slow weights, as airbench94 does.
-    """
-
-    def __init__(self, net: nn.Module, total_steps: int, k: int = 5, alpha: float = 0.95 ** 5) -> None:
-        if total_steps < 1 or k < 1 or not 0 <= alpha <= 1:
-            raise ValueError(f"Lookahead: need total_steps >= 1, k >= 1, 0 <= alpha <= 1; "
-                             f"got {total_steps}, {k}, {alpha}")
-        self.net, self.total_steps, self.k, self.alpha = net, total_steps, k, alpha
-        self.slow = [t.detach().clone() for t in self._tensors(net)]
-
-    @staticmethod
-    def _tensors(net: nn.Module) -> list[torch.Tensor]:
-        return [t for t in (*net.parameters(), *net.buffers()) if t.is_floating_point()]
-
-    def decay(self, step_index: int) -> float:
-        return self.alpha * min(step_index / self.total_steps, 1.0) ** 3
-
-    def step(self, step_index: int) -> None:
-        """Call after each optimiser step with the count of steps done (1-based)."""
-        if step_index % self.k == 0:
-            self._pull(self.decay(step_index))
-
-    def finish(self) -> None:
-        self._pull(1.0)
-
-    @torch.no_grad()
-    def _pull(self, decay: float) -> None:
-        for slow, fast in zip(self.slow, self._tensors(self.net)):
-            slow.lerp_(fast.to(slow.dtype), 1 - decay)
-            fast.copy_(slow)
 
 
 def smoothed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothing: float = 0.2,

@@ -35,7 +35,7 @@ from .evaluate import evaluate, memory_format_of
 from .loader import DeviceLoader
 from .model import init_whitening, make_net
 from . import optim as optim_mod
-from .optim import EMA, Lookahead, Muon, lr_multiplier, smoothed_cross_entropy
+from .optim import EMA, Muon, lr_multiplier, smoothed_cross_entropy
 from .progress import LiveTable
 
 COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "ema_acc", "tta_acc", "train_seconds"]
@@ -258,8 +258,6 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
         print(f"torch.compile: {compile_note}" + (f" ({compile_seconds:.1f} s warm-up, not timed)"
                                                    if compile_seconds else ""))
     history, interrupted = run.loop()
-    if run.lookahead is not None and not interrupted:
-        run.lookahead.finish()  # leave the net at the slow weights, as airbench94 does
     final_net = run.ema.model if run.ema is not None else run.compiled
     tta_start = time.perf_counter()
     acc = math.nan
@@ -312,7 +310,6 @@ class _Run:
         self.low_res_steps = round(cfg.low_res_epochs * self.steps_per_epoch) if cfg.low_res else 0
         self.ema_start = self.total_steps - round(cfg.ema_epochs * self.steps_per_epoch)
         self.ema = None  # made at the step where averaging starts (a copy of the weights then)
-        self.lookahead = Lookahead(net, self.total_steps) if cfg.lookahead else None
         self.timer = Timer(device)
         for opt in optimizers:
             if isinstance(opt, Muon):
@@ -403,8 +400,6 @@ class _Run:
                                    {"lr": float(f"{self.cfg.lr / 2:.3g}")})
 
     def _average(self, step: int) -> None:
-        if self.lookahead is not None:
-            self.lookahead.step(step)
         if self.cfg.ema_decay > 0 and step > self.ema_start and step % self.cfg.ema_every == 0:
             if self.ema is None:
                 self.ema = EMA(self.net, self.cfg.ema_decay)

@@ -33,14 +33,14 @@ def tiny_cfg(**changes):
 
 def spy_on_newton_schulz(monkeypatch) -> list:
     """Record the dtype each Newton-Schulz call of Muon runs in."""
-    seen, real = [], optim.newton_schulz
+    seen, real = [], optim._newton_schulz_batched
 
     def recording(G, *args, **kwargs):
         out = real(G, *args, **kwargs)
         seen.append(out.dtype)
         return out
 
-    monkeypatch.setattr(optim, "newton_schulz", recording)
+    monkeypatch.setattr(optim, "_newton_schulz_batched", recording)
     return seen
 
 

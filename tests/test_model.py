@@ -67,8 +67,39 @@ def test_make_net_builds_what_the_config_names():
     assert seed.head.in_features == get_profile("seed").widths[-1]
     assert record.head.in_features == get_profile("cpu").widths[-1]
     assert seed.whiten.out_channels == 12 and record.whiten.out_channels == 24
+    # the widths are checked where they come in, the config, so the nets a notebook shows stay plain
     with pytest.raises(ValueError, match="widths"):
-        M.make_record_net((16, 32))
+        get_profile("cpu", widths=(16, 32))
+    with pytest.raises(ValueError, match="widths"):
+        get_profile("seed", widths=(16, 32, 64))
+
+
+def test_record_groups_keep_the_layout_the_peers_weights_load_into():
+    # tests/test_peers.py loads airbench's and hiverge's weights by name: their `layers.N.conv1.weight`
+    # is our `body.N.conv1.weight`, for each of the three groups after the whitening's activation.
+    names = [k for k in M.make_record_net(SMALL_RECORD).state_dict() if k.startswith("body.")]
+    per_group = ["conv1.weight", "norm1.weight", "norm1.bias", "norm1.running_mean", "norm1.running_var",
+                 "norm1.num_batches_tracked", "conv2.weight", "norm2.weight", "norm2.bias",
+                 "norm2.running_mean", "norm2.running_var", "norm2.num_batches_tracked"]
+    assert names == [f"body.{i}.{k}" for i in (1, 2, 3) for k in per_group]
+
+
+def test_residual_group_adds_its_branch_to_the_pooled_input():
+    torch.manual_seed(0)
+    group = M.ResidualSEGroup(4, 8).eval()
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        pooled = group.down(x)
+        full = group(x)
+        group.conv_b.weight.zero_()   # the branch now ends in act(norm(0)) = 0 (BN bias 0, GELU(0) = 0)
+        assert torch.equal(group(x), pooled)
+    assert full.shape == (2, 8, 4, 4) and not torch.allclose(full, pooled)
+
+
+def test_seed_net_has_residual_groups_first_and_last():
+    body = M.make_seed_net(SMALL_SEED).body
+    kinds = [type(m).__name__ for m in body]
+    assert kinds == ["Conv2d", "BatchNorm", "GELU", "ResidualSEGroup", "Sequential", "ResidualSEGroup"]
 
 
 def test_whitened_patches_have_identity_covariance():
@@ -81,6 +112,16 @@ def test_whitened_patches_have_identity_covariance():
     rows = out[:, :12].permute(0, 2, 3, 1).reshape(-1, 12).double()
     assert torch.allclose(torch.cov(rows.T), torch.eye(12, dtype=torch.float64), atol=1e-3)
     assert not layer.weight.requires_grad
+
+
+def test_patch_covariance_is_the_covariance_of_every_patch():
+    # The plain computation notebook 03 writes: unfold every 2x2 patch into a row, torch.cov of the rows.
+    images = correlated_images(6, seed=2)
+    rows = images.unfold(2, 2, 1).unfold(3, 2, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, 12).double()
+    torch.testing.assert_close(M.patch_covariance(images, 2, chunk=4), torch.cov(rows.T))
+    filters, eigenvalues = M.whitening_filters(torch.cov(rows.T), eps=0.0)
+    torch.testing.assert_close(filters @ torch.cov(rows.T) @ filters.T, torch.eye(12, dtype=torch.float64))
+    assert torch.all(eigenvalues[1:] >= eigenvalues[:-1])   # smallest first
 
 
 def test_whitening_is_the_same_in_small_chunks_and_lands_on_the_net():

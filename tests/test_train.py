@@ -125,15 +125,6 @@ def test_seed_net_and_ema(synthetic):
     assert res.history["ema_acc"].notna().iloc[-1]
 
 
-def test_lookahead_knob_trains(synthetic):
-    # airbench94's averaging: off in every profile, so this is the one place the knob runs whole
-    # (the pull-and-finish arithmetic is checked in test_optim.py).
-    cfg = tiny_cfg(lookahead=True, epochs=3)
-    res = train.train(cfg, synthetic, verbose=False)
-    plain = train.train(cfg.replace(lookahead=False), synthetic, verbose=False)
-    assert res.test_accuracy > 0.5 and not res.history["train_loss"].equals(plain.history["train_loss"])
-
-
 class BlowsUp(torch.nn.Module):
     """A model whose logits turn infinite from the third training call on."""
 
