@@ -154,6 +154,27 @@ def test_forward_pass_and_batchnorm_statistics_are_identical(peer):
     assert torch.equal(ours(mine), theirs(x))
 
 
+def test_half_precision_forward_pass_matches_the_records_fp16_net(monkeypatch):
+    # hiverge's net as it trains: every module cast to fp16 (BatchNorm's weights, biases and running
+    # statistics too), channels_last. Ours in the record profile's precision, weights="half": train()
+    # casts the whole net to the compute dtype (fp16 on a GPU), as here. CPU fp16 kernels, same input.
+    code = load_peer("speedrun", monkeypatch)
+    assert get_profile("record").weights == "half"
+    theirs = code.CifarNet()
+    theirs.reset()
+    theirs.init_whiten(images(960, seed=1).half())
+    ours = our_copy(theirs, "record").to(torch.float16)
+    for net in (theirs, ours):
+        assert {t.dtype for t in (*net.parameters(), *net.buffers()) if t.is_floating_point()} == {torch.float16}
+    x = images(BATCH).half()
+    mine = x.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(ours(mine), theirs(x))   # train mode: batch statistics, in fp16
+    for a, b in zip(ours.buffers(), theirs.buffers()):
+        assert torch.equal(a, b)
+    ours.eval(), theirs.eval()
+    assert torch.equal(ours(mine), theirs(x))
+
+
 def test_whitening_filters_match(peer):
     # Ours: eigh of the centred patch covariance; theirs: eigh (airbench) or SVD (hiverge) of the uncentred
     # one, in another order and sign. The same filters up to order and sign, norms within a percent.
