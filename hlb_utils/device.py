@@ -89,13 +89,23 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")   # torch.compile modes
 
 
-def pick_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
+WEIGHTS = ("fp32", "half")   # TrainConfig.weights: fp32 weights under autocast, or the net held in half precision
+
+
+def pick_dtype(device: torch.device, name: str = "auto", weights: str = "fp32") -> torch.dtype:
     """Compute precision: 'auto' is bf16 on CUDA GPUs of capability 8.0 and up (A100, L4, H100...),
-    fp16 on older ones (T4, V100), fp32 elsewhere."""
+    fp16 on older ones (T4, V100), fp32 elsewhere.
+
+    With `weights='half'` (the net itself held in the compute precision, as hiverge's record holds it)
+    'auto' is fp16 on every CUDA GPU: a weight stored in bf16 keeps 8 significant bits, so a step
+    smaller than about 1/256 of it rounds away; fp16 keeps 11 bits (1/2048).
+    """
     if name != "auto":
         if device.type == "cpu" and name == "fp16":
             raise ValueError("dtype='fp16' is too slow or unsupported on the CPU; use 'fp32' or 'auto'")
         return DTYPES[name]
+    if device.type == "cuda" and weights == "half":
+        return torch.float16
     if device.type == "cuda":
         # Not torch.cuda.is_bf16_supported(): it also says yes on 7.x GPUs (T4, V100), where bf16 is
         # only emulated: cuDNN's bf16 convolutions and inductor's bf16 kernels need capability 8.0.

@@ -81,7 +81,7 @@ def _machine_lines(profile: str) -> dict:
     found = device.pick_device(cfg.device)
     _, compile_note = device.compile_choice(cfg.compile, found, cfg.compile_mode)
     return {"device": device.describe(found),
-            "precision": device.dtype_name(device.pick_dtype(found, cfg.dtype)),
+            "precision": device.dtype_name(device.pick_dtype(found, cfg.dtype, cfg.weights)),
             "compile": compile_note.replace("compiled (", "compile (")}
 
 

@@ -226,7 +226,7 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
     if data is None or isinstance(data, (str, bytes)) or hasattr(data, "__fspath__"):
         data = data_mod.load_cifar10(data)
     device = pick_device(cfg.device)
-    dtype = pick_dtype(device, cfg.dtype)
+    dtype = pick_dtype(device, cfg.dtype, cfg.weights)
     channels_last = use_channels_last(device, cfg.channels_last)
     torch.manual_seed(cfg.seed)
     if device.type == "cuda":
@@ -236,6 +236,9 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
 
     train_loader, test_loader = make_loaders(cfg, data, device, dtype, channels_last)
     net = (model if model is not None else make_net(cfg, len(data.classes))).to(device)
+    if cfg.weights == "half":
+        # hiverge's record: every weight and buffer (BatchNorm's statistics too) in the compute precision
+        net = net.to(dtype)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     init_start = time.perf_counter()
@@ -248,7 +251,8 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
     # ours runs Newton-Schulz in the run's precision
     optimizers = _optimizers(make_optimizers or partial(optim_mod.make_optimizers, dtype=dtype), net, cfg)
     compiled, compile_note = maybe_compile(net, cfg.compile, device, cfg.compile_mode)
-    autocast = dtype if dtype != torch.float32 else None
+    # fp32 weights compute under autocast; a net held in half precision needs none
+    autocast = dtype if dtype != torch.float32 and cfg.weights == "fp32" else None
     run = _Run(cfg, net, compiled, optimizers, train_loader, test_loader, device, autocast, verbose)
     if loss_fn is not None:
         run.loss_fn = loss_fn

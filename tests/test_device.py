@@ -49,6 +49,10 @@ def test_auto_precision_is_bf16_only_from_capability_8(monkeypatch, gpu, expecte
     assert dev.pick_dtype(torch.device("cuda"), "auto") == expected
     assert dev.pick_dtype(torch.device("cuda"), "fp32") == torch.float32   # an explicit choice stays
     assert dev.pick_dtype(torch.device("cpu"), "auto") == torch.float32
+    # a net held in half precision (the record's weights="half") gets fp16 on every GPU, fp32 on the CPU
+    assert dev.pick_dtype(torch.device("cuda"), "auto", "half") == torch.float16
+    assert dev.pick_dtype(torch.device("cuda"), "bf16", "half") == torch.bfloat16
+    assert dev.pick_dtype(torch.device("cpu"), "auto", "half") == torch.float32
 
 
 @pytest.mark.parametrize("gpu, expected", [("V100", "max-autotune"), ("T4", "default"), ("A100", "max-autotune"),

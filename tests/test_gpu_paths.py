@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 import types
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from hlb_utils import device as dev
-from hlb_utils import loader, model, notebook, optim, runs, train
+from hlb_utils import data, loader, model, notebook, optim, runs, train
 from hlb_utils.config import get_profile
 
 from test_device import simulate_gpu
@@ -65,6 +67,106 @@ def test_train_hands_its_precision_to_muon(synthetic, monkeypatch, setting, expe
     seen = spy_on_newton_schulz(monkeypatch)
     result = train.train(tiny_cfg(dtype=setting, epochs=1), synthetic, verbose=False)
     assert result.precision == setting and seen and set(seen) == {expected}
+
+
+def resolve_precision_as_on(monkeypatch, gpu: str) -> None:
+    """train() on the CPU with its precision chosen as on a simulated GPU; everything else runs on the CPU."""
+    simulate_gpu(monkeypatch, gpu)
+    monkeypatch.setattr(train, "pick_dtype", lambda device, name="auto", weights="fp32":
+                        dev.pick_dtype(torch.device("cuda"), name, weights))
+
+
+def spy_on_optimizers(monkeypatch) -> list:
+    """Keep the optimisers that train()'s default factory (optim.make_optimizers) makes."""
+    made, real = [], optim.make_optimizers
+
+    def recording(*args, **kwargs):
+        optimizers = real(*args, **kwargs)
+        made.extend(optimizers)
+        return optimizers
+
+    monkeypatch.setattr(optim, "make_optimizers", recording)
+    return made
+
+
+def spy_on_autocast(monkeypatch) -> list:
+    """Record the dtype of every torch.autocast that is entered."""
+    seen, real = [], torch.autocast
+    monkeypatch.setattr(torch, "autocast", lambda *a, **k: seen.append(k.get("dtype")) or real(*a, **k))
+    return seen
+
+
+def floating_dtypes(net) -> set:
+    return {t.dtype for t in (*net.parameters(), *net.buffers()) if t.is_floating_point()}
+
+
+@pytest.mark.parametrize("gpu, setting, weights, held, computed", [
+    ("T4", "auto", "half", torch.float16, torch.float16), ("A100", "auto", "half", torch.float16, torch.float16),
+    ("H100", "bf16", "half", torch.bfloat16, torch.bfloat16), ("A100", "auto", "fp32", torch.float32, torch.bfloat16)])
+def test_half_weights_hold_the_net_and_the_momentum_in_the_compute_precision(synthetic, monkeypatch, gpu, setting,
+                                                                             weights, held, computed):
+    # weights="half" (hiverge's record): parameters and BatchNorm's running statistics in the compute
+    # precision, the optimisers' momentum too, no autocast; 'auto' is then fp16 on every GPU. One step
+    # of 32 images at 16 px: the CPU's fp16 convolutions train only through a slow reference kernel.
+    resolve_precision_as_on(monkeypatch, gpu)
+    made, casts, ns = spy_on_optimizers(monkeypatch), spy_on_autocast(monkeypatch), spy_on_newton_schulz(monkeypatch)
+    cfg = tiny_cfg(dtype=setting, weights=weights, batch_size=32, train_subset=32, test_subset=64, epochs=1,
+                   low_res=16, low_res_epochs=1, whiten_images=32)
+    result = train.train(cfg, synthetic, verbose=False)
+    assert result.precision == dev.dtype_name(computed) and set(ns) == {computed}
+    assert floating_dtypes(result.model) == {held}
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in result.model.modules())
+    buffers = [s["momentum_buffer"] for opt in made for s in opt.state.values()]
+    assert any(isinstance(opt, optim.Muon) and opt.state for opt in made)
+    assert buffers and {b.dtype for b in buffers} == {held}
+    assert set(casts) == (set() if weights == "half" else {computed})
+    assert result.history["train_loss"].notna().all() and math.isfinite(result.test_accuracy)
+
+
+def small_real_images(cifar, n_train: int = 1000, n_test: int = 500):
+    """A seeded sample of the replica (every class), average-pooled to 16 px: the CPU trains fp16
+    convolutions only through a slow reference kernel, so a few fp16 steps must be small ones."""
+    def pooled(images, n):
+        pick = data.shuffled_indices(len(images), n, seed=0)
+        return pick, F.avg_pool2d(images[pick].float(), 2).round().to(torch.uint8)
+
+    train_pick, train_images = pooled(cifar.train_images, n_train)
+    test_pick, test_images = pooled(cifar.test_images, n_test)
+    return cifar._replace(train_images=train_images, train_labels=cifar.train_labels[train_pick],
+                          test_images=test_images, test_labels=cifar.test_labels[test_pick])
+
+
+def test_the_record_learns_in_fp16_weights_as_in_fp32(cifar, monkeypatch):
+    # The record's settings with its precision on an A100 (fp16 weights, no loss scaling: the summed loss
+    # keeps the gradients out of fp16's subnormals), 20 steps on real images, against the same run in fp32.
+    images = small_real_images(cifar)
+    cfg = get_profile("record", device="cpu", compile=False, widths=(8, 16, 16), batch_size=100, epochs=2,
+                      whiten_images=500, eval_every=1)
+    fp32 = train.train(cfg.replace(weights="fp32"), images, verbose=False)
+    resolve_precision_as_on(monkeypatch, "A100")
+    fp16 = train.train(cfg, images, verbose=False)
+    assert (fp32.precision, fp16.precision) == ("fp32", "fp16")
+    assert floating_dtypes(fp16.model) == {torch.float16}
+    first, last = fp16.history["train_loss"]
+    assert math.isfinite(last) and last < first and last < math.log(10) - 0.1
+    losses = [torch.tensor(run.history["train_loss"].tolist()) for run in (fp16, fp32)]
+    torch.testing.assert_close(*losses, rtol=0.02, atol=0)   # per epoch, within 2% of the fp32 run's
+    assert not fp16.at_chance
+
+
+def test_on_the_cpu_half_weights_change_nothing(synthetic):
+    # 'auto' is fp32 on the CPU (and MPS) whatever `weights` says: the record's settings train there as before.
+    assert get_profile("record").weights == "half"
+    assert get_profile("cpu").weights == get_profile("quick").weights == "fp32"
+    for name in ("cpu", "mps"):
+        assert dev.pick_dtype(torch.device(name), "auto", "half") == torch.float32
+    with pytest.raises(ValueError, match="weights"):
+        tiny_cfg(weights="fp16")
+    half = train.train(tiny_cfg(weights="half", epochs=1), synthetic, verbose=False)
+    plain = train.train(tiny_cfg(epochs=1), synthetic, verbose=False)
+    assert half.precision == "fp32" and floating_dtypes(half.model) == {torch.float32}
+    cols = ["train_loss", "train_acc", "test_loss", "test_acc"]
+    assert half.history[cols].equals(plain.history[cols]) and half.test_accuracy == plain.test_accuracy
 
 
 def make_run(cfg, data):
@@ -231,7 +333,8 @@ def test_the_timed_loop_never_waits_for_the_host(synthetic):
 
 @pytest.mark.parametrize("gpu, line", [
     ("T4", "profile: record  device: cuda (Tesla T4, capability 7.5)  precision: fp16  compile: compile (default)"),
-    ("H100", "profile: record  device: cuda (NVIDIA H100 80GB HBM3, capability 9.0)  precision: bf16  "
+    # the record holds its net in half precision, so fp16 on every GPU (bf16 weights would lose small steps)
+    ("H100", "profile: record  device: cuda (NVIDIA H100 80GB HBM3, capability 9.0)  precision: fp16  "
              "compile: compile (max-autotune)")])
 def test_setup_says_what_a_gpu_run_will_use(monkeypatch, capsys, gpu, line):
     simulate_gpu(monkeypatch, gpu)
