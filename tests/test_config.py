@@ -141,3 +141,37 @@ def test_every_profile_makes_the_optimisers_it_made_before(profile):
         assert math.isclose(group["initial_lr"], lr, rel_tol=1e-12)
         if not isinstance(opt, O.Muon):
             assert math.isclose(group["weight_decay"] * group["lr"], expected["decay"], rel_tol=1e-12)
+
+
+# ---- the notebooks' sizes ------------------------------------------------------------------------
+
+# Which recipe each named size changes: a profile's own, the seed profile's, or none (plain values).
+_SIZED_RECIPE = {"seed_net": "seed", "recipe_steps": "seed", "ablation": "own", "sweep": "own"}
+
+
+@pytest.mark.parametrize("profile", C.PROFILE_NAMES)
+def test_every_notebook_size_is_valid_in_every_profile(profile):
+    for name in C.NOTEBOOK_SIZE_NAMES:
+        size = C.notebook_size(name, profile)
+        if name in _SIZED_RECIPE:
+            base = C.get_profile(profile if _SIZED_RECIPE[name] == "own" else _SIZED_RECIPE[name])
+            base.replace(**size)   # validated: a misspelt field or a value out of range raises
+        elif name == "se_widths":
+            C.get_profile("seed", widths=size)
+        elif name == "sweep_epochs":
+            assert size and all(C.get_profile(profile, epochs=e).epochs == e for e in size)
+        elif name == "baseline":
+            assert {"subset", "epochs", "widths", "num_workers"} <= set(size)
+        else:
+            assert isinstance(size, int) and size >= 1, (name, size)
+
+
+def test_notebook_size_defaults_to_the_resolved_profile_and_hands_out_copies(monkeypatch):
+    monkeypatch.setenv("HLB_PROFILE", "quick")
+    assert C.notebook_size("record_runs") == C.notebook_size("record_runs", "quick") == 2
+    assert C.notebook_size("record_runs", "record") == 5   # GPU profiles run at full size
+    changes = C.notebook_size("ablation")
+    changes["epochs"] = 99
+    assert C.notebook_size("ablation")["epochs"] != 99
+    with pytest.raises(ValueError, match="did you mean 'ablation'"):
+        C.notebook_size("ablations")
