@@ -295,6 +295,7 @@ def _check_05(s):
 
 def _check_06(s):
     assert s["runs"] == 1 and s["table"] == 1 and s["published_ours"] == [1, 1] and s["record"] == 1
+    assert s["epochs"] == [1]
 
 
 def _check_07(s):
@@ -310,7 +311,8 @@ CONFIG_CHANGES = {
         _check_00),
     "01_data_pipeline": Change(
         lambda src: _set_lines(src, {"SHOW": "4"}) + "\ncfg = cfg.replace(batch_size=100)",
-        ("alternating_flip_mask(base", "image_grid(torch.cat([sample, mirrored", "print(loader)"),
+        ("alternating_flip_mask(base", "image_grid(torch.cat([sample, mirrored", "pad_reflect(sample",
+         "cutout(sample", "print(loader)", "results_table"),
         _json("dict(grid=len(sample), batch=[int(x.shape[0]), loader.batch_size], flip_columns=len(base))"),
         _check_01),
     "02_baseline": Change(
@@ -320,13 +322,13 @@ CONFIG_CHANGES = {
     # narrower: the cost table, the printed net and the results must all be the new net's
     "03_se_resnet": Change(
         lambda src: src + "\ncfg = cfg.replace(widths=(4, 8, 16, 32))",
-        ("def cost", "net = hu.model.make_net(cfg)\nnet", "results_table"),
+        ("def cost", "net = hu.model.make_net(cfg)\nnet", "plot_curves", "results_table"),
         _json("dict(rows=len(results), trained=list(seed_run.config.widths), costed=cost(cfg)['parameters'], "
               "params=hu.model.count_params(seed_run.model))"), _check_03),
     "04_training_recipe": Change(
         lambda src: src + '\nSTEPS = {name: STEPS[name] for name in ("+ EMA", "+ test-time augmentation", '
                           '"+ label smoothing")}',
-        ("results_table",),
+        ("plot_curves", "evaluate.evaluate(last.model", "results_table"),
         _json("dict(rows=list(table['change']), runs=list(table['runs']), last=last.config.label_smoothing)"),
         _check_04),
     # half an epoch per row: every row of the table and every bar of the plot is a new run
@@ -336,14 +338,16 @@ CONFIG_CHANGES = {
         _json("dict(epochs=sorted({r.config.epochs for r in results.values()}), results=list(results), "
               "rows=list(table['change']))"), _check_05),
     "06_record_run": Change(
-        lambda src: _set_lines(src, {"RUNS": "1"}),
-        ("runs.table", "runs.summary.round", "plot_spread", "published = ", "results_table"),
+        lambda src: _set_lines(src, {"RUNS": "1"}) + "\ncfg = cfg.replace(epochs=1)",   # one short run: cheap
+        ("plot_lr_schedule", "plot_curves", "first.history.round", "runs.table", "runs.summary.round",
+         "plot_spread", "published = ", "SERIES, DEVICES", "results_table"),
         _json("dict(runs=len(runs.results), table=len(runs.table), published_ours=[int(r) for r in ours['runs']], "
-              "record=json.load(open(folder / 'summary.json'))['runs'])"),
+              "record=json.load(open(folder / 'summary.json'))['runs'], "
+              "epochs=[r.config.epochs for r in runs.results])"),
         _check_06),
     "07_playground": Change(
         lambda src: _set_lines(src, {"KNOB": '"translate"', "VALUES": "[0, 1]"}),
-        ("table = ", "plot_sweep", "confirmed}"), PLAYGROUND_STATE, _check_07),
+        ("table = ", "plot_sweep", "confirm.summary", "confirmed}"), PLAYGROUND_STATE, _check_07),
 }
 
 
