@@ -6,6 +6,7 @@ config is frozen, so nothing can change it behind a learner's back.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import os
@@ -14,11 +15,33 @@ from typing import Any
 
 import torch
 
-from .device import COMPILE_MODES, DTYPES, WEIGHTS
-from .evaluate import TTA_MODES
-from .loader import FLIP_MODES
-from .model import ACTIVATIONS
-from .optim import NS_COEFFS
+# The allowed values of the knobs, owned here so that the config needs none of the modules that use
+# them (tests/test_config.py checks that each module accepts exactly these).
+ACTIVATIONS = ("gelu", "silu", "relu")                  # model.make_act
+FLIP_MODES = ("alternate", "random", "none")            # loader.DeviceLoader
+TTA_MODES = ("none", "flip", "multi", "selective")      # evaluate.tta_logits
+DTYPES = ("bf16", "fp16", "fp32")                       # device.pick_dtype
+WEIGHTS = ("fp32", "half")                              # device.pick_dtype: fp32 under autocast, or the net in half
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")   # torch.compile
+# Quintic Newton-Schulz coefficients of airbench94_muon (optim.newton_schulz's default)
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def sgd_lr_scale(momentum: float) -> float:
+    """Our SGD lr over PyTorch's: 1024 * (1 + 1 / (1 - momentum)) (airbench94's unit; notebook 05).
+
+    The loss is summed over the batch, so PyTorch's lr is already per example; x 1024 makes it read
+    per 1024 examples. Momentum multiplies a steady gradient's step by about 1 / (1 - momentum);
+    dividing it out means a change of momentum leaves the step size alone. `optim.make_optimizers`
+    divides `lr` (for 'sgd'), `bias_lr`, `head_lr` and `weight_decay * batch_size` by this, the one place
+    the units meet.
+    """
+    return 1024 * (1 + 1 / (1 - momentum))
+
+
+# airbench94_muon's SGD figures (bias lr 0.053, head lr 0.67, decay 2e-6 per example) are PyTorch's,
+# at momentum 0.85: times this they read in our unit.
+_SGD_085 = sgd_lr_scale(0.85)
 
 
 @dataclass(frozen=True)
@@ -47,13 +70,14 @@ class TrainConfig:
     contrast: float = 0.0             # ... then scale by a factor uniform in 1 +- contrast, 0..1
     whiten_images: int = 5000         # training images whose patches set the whitening filters, 1..50000
     # --- optimiser ---
+    # SGD's lrs and weight decay are per 1024 examples, whatever the momentum (see sgd_lr_scale)
     optimizer: str = "muon"           # 'muon' (conv filters by Muon, rest by SGD) or 'sgd'
-    lr: float = 0.24                  # Muon lr, or SGD lr for the filters (per step, summed loss)
+    lr: float = 0.24                  # Muon: step size relative to the weights' norm; 'sgd': the filters' SGD lr
     momentum: float = 0.6             # Muon momentum; for 'sgd' the filters use sgd_momentum
-    sgd_momentum: float = 0.85        # Nesterov momentum of the SGD groups, 0..1
-    bias_lr: float = 0.053            # SGD lr of norm biases and the whitening bias
-    head_lr: float = 0.67             # SGD lr of the classifier head
-    weight_decay: float = 2e-6        # per example: multiplied by batch_size (L2 term, as in airbench), >= 0
+    sgd_momentum: float = 0.85        # Nesterov momentum of the SGD groups, 0..0.999
+    bias_lr: float = 0.053 * _SGD_085   # SGD lr of norm biases and the whitening bias (416), >= 0
+    head_lr: float = 0.67 * _SGD_085    # SGD lr of the classifier head (5260), >= 0
+    weight_decay: float = 2e-6 * _SGD_085   # SGD groups' L2 term, coupled as in airbench (0.0157), 0..1
     ns_steps: int = 3                 # Newton-Schulz iterations in Muon, 1..10
     ns_coeffs: tuple = NS_COEFFS      # Newton-Schulz polynomial (a, b, c): a s + b s^3 + c s^5
     filter_weight_decay: float = 0.0  # Muon's decoupled decay per example: w *= 1 - lr * this * batch_size per step, >= 0
@@ -101,9 +125,8 @@ class TrainConfig:
 
 
 # (field, allowed set) and (field, low, high) checks, so errors name the field and the range.
-# Where a module owns the list (the loader its flips, evaluate its TTA modes...), it comes from there.
 _CHOICES = {
-    "net": ("record", "seed"), "act": tuple(ACTIVATIONS), "whiten_act": tuple(ACTIVATIONS),
+    "net": ("record", "seed"), "act": ACTIVATIONS, "whiten_act": ACTIVATIONS,
     "muon_batch": ("shape", "pad"),
     "flip": FLIP_MODES, "optimizer": ("muon", "sgd"),
     "schedule": ("linear", "onecycle"), "tta": TTA_MODES,
@@ -113,8 +136,8 @@ _CHOICES = {
 _RANGES = {
     "bn_momentum": (0.0, 1.0), "bn_eps": (0.0, 1.0), "batch_size": (1, 50000),
     "epochs": (1e-9, 1000.0), "translate": (0, 8), "cutout": (0, 32), "lr": (0.0, 100.0),
-    "momentum": (0.0, 1.0), "sgd_momentum": (0.0, 1.0), "bias_lr": (0.0, 100.0),
-    "head_lr": (0.0, 100.0), "weight_decay": (0.0, 1.0), "ns_steps": (1, 10),
+    "momentum": (0.0, 1.0), "sgd_momentum": (0.0, 0.999), "bias_lr": (0.0, 1e5),
+    "head_lr": (0.0, 1e5), "weight_decay": (0.0, 1.0), "ns_steps": (1, 10),
     "label_smoothing": (0.0, 1.0), "warmup": (0.0, 1.0), "peak": (0.0, 1.0),
     "start_lr": (0.0, 10.0), "end_lr": (0.0, 10.0), "whiten_bias_epochs": (0.0, 1000.0),
     "ema_decay": (0.0, 1.0), "ema_every": (1, 10000), "ema_epochs": (0.0, 1000.0),
@@ -171,11 +194,14 @@ def _check_names(changes: dict) -> None:
 # `record` profile, and the `cpu` profile on a narrower net. BN momentum 0.5566 in their convention is
 # 1 - 0.5566 in PyTorch's. Their whitening bias trains for ceil(0.19 * 32) = 7 steps; their Muon
 # renormalises every 2 + int(15 * progress) steps and decays the filters by lr * 1.0418e-6 * batch per
-# step, the SGD groups' L2 term has the same per-example figure.
+# step, the SGD groups' L2 term has the same per-example figure. Their SGD figures are PyTorch's at
+# momentum 0.825 (bias lr 0.0573, head lr 0.5415): times sgd_lr_scale(0.825) they read in our unit.
+_SGD_0825 = sgd_lr_scale(0.825)
 _RECORD_RECIPE: dict[str, Any] = dict(
     act="silu", whiten_act="gelu", bn_momentum=1 - 0.5566, whiten_images=960, whiten_bias_epochs=0.19,
-    brightness=0.1399, contrast=0.1308, lr=0.205, momentum=0.655, sgd_momentum=0.825, bias_lr=0.0573,
-    head_lr=0.5415, weight_decay=1.0418e-6, filter_weight_decay=1.0418e-6,
+    brightness=0.1399, contrast=0.1308, lr=0.205, momentum=0.655, sgd_momentum=0.825,
+    bias_lr=0.0573 * _SGD_0825, head_lr=0.5415 * _SGD_0825, weight_decay=1.0418e-6 * _SGD_0825,
+    filter_weight_decay=1.0418e-6,
     ns_coeffs=(3.4576, -4.7391, 2.0843), renorm_every=2, renorm_growth=15.0, muon_batch="pad",
     label_smoothing=0.09, tta="selective",
 )
@@ -188,15 +214,16 @@ _PROFILES: dict[str, dict[str, Any]] = {
     # warm-up run pays for it and the counted runs do not.
     "airbench": dict(compile=True),
     # From hlb-CIFAR10 main.py at commit cb53b42 (2023-01-29, the first version under 10 A100-seconds).
-    # lr = 1.15 * 1.35 / 512 per step of summed loss, biases x32, head at the filters' lr. hlb's coupled
-    # decay, 0.85 * 4.8e-4 * 512 at that lr, is a per-step decay of lr * 0.85 * 4.8e-4 per example.
-    # Its one-cycle peaks at 25% of the first 8 epochs (epoch 2, 20% of all) and ends at 0.135x.
-    # BN momentum 0.8 was passed straight to nn.BatchNorm2d, so it is already PyTorch's convention.
+    # PyTorch's lr 1.15 * 1.35 / 512 per step of summed loss at momentum 0.85 (23.8 in our unit),
+    # biases x32, head at the filters' lr. hlb's coupled decay, 0.85 * 4.8e-4 * 512 at that lr, is a
+    # per-step decay of lr * 0.85 * 4.8e-4 per example. Its one-cycle peaks at 25% of the first 8
+    # epochs (epoch 2, 20% of all) and ends at 0.135x. BN momentum 0.8 was passed straight to
+    # nn.BatchNorm2d, so it is already PyTorch's convention.
     "seed": dict(
         net="seed", widths=(32, 128, 256, 512), bn_momentum=0.8, batch_size=512, epochs=10,
-        flip="random", translate=3, optimizer="sgd", lr=1.15 * 1.35 / 512, sgd_momentum=0.85,
-        bias_lr=1.15 * 1.35 * 32 / 512, head_lr=1.15 * 1.35 / 512,
-        weight_decay=1.15 * 1.35 / 512 * 0.85 * 4.8e-4, schedule="onecycle", peak=0.2, start_lr=0.0,
+        flip="random", translate=3, optimizer="sgd", lr=1.15 * 1.35 / 512 * _SGD_085, sgd_momentum=0.85,
+        bias_lr=1.15 * 1.35 * 32 / 512 * _SGD_085, head_lr=1.15 * 1.35 / 512 * _SGD_085,
+        weight_decay=1.15 * 1.35 / 512 * 0.85 * 4.8e-4 * _SGD_085, schedule="onecycle", peak=0.2, start_lr=0.0,
         end_lr=0.135, whiten_bias_epochs=0.0, ema_decay=0.986 ** 2, ema_every=2, ema_epochs=2,
         tta="flip",
     ),
@@ -232,3 +259,67 @@ def get_profile(name: str | None = None, **changes: Any) -> TrainConfig:
     name = resolve_profile(name)
     _check_names(changes)
     return TrainConfig(profile=name, **{**_PROFILES[name], **changes})
+
+
+# What each notebook changes in its recipe to fit the machine, by name (`notebook_size`). The GPU
+# profiles run at full size ('default'); on a CPU a notebook that trains many times shortens each run
+# so that it stays within about 15 minutes on two cores. `quick` is for the tests only: its runs are
+# too short to learn anything from.
+_SHORT_EMA_CPU = dict(ema_epochs=0.5, ema_decay=0.8)
+_SHORT_EMA_QUICK = dict(ema_epochs=0.5, ema_decay=0.5)
+_NOTEBOOK_SIZES: dict[str, dict[str, Any]] = {
+    # 01: training images the loader timing passes over
+    "loader_timing_images": dict(default=50_000, quick=5_000),
+    # 02: the conventional baseline's training images (None: all), epochs, widths and loader workers
+    "baseline": dict(
+        default=dict(subset=None, epochs=10, widths=(64, 128, 256), num_workers=2),
+        cpu=dict(subset=10_000, epochs=4, widths=(32, 64, 128), num_workers=0),
+        quick=dict(subset=2000, epochs=2, widths=(16, 32, 64), num_workers=0, test_subset=1000)),
+    # 03: changes to the seed profile. Short runs get a short weight average: the EMA's memory,
+    # ema_every / (1 - ema_decay) steps (about 70 in the seed recipe), must be well inside the last
+    # ema_epochs of the run.
+    "seed_net": dict(
+        default={},
+        cpu=dict(widths=(16, 64, 128, 256), epochs=4, train_subset=20_000, batch_size=256, **_SHORT_EMA_CPU),
+        quick=dict(widths=(8, 16, 32, 64), epochs=2, batch_size=250, train_subset=2000, test_subset=1000,
+                   **_SHORT_EMA_QUICK)),
+    # 04: changes to the seed profile for six trainings in a row, each shorter than notebook 03's
+    "recipe_steps": dict(
+        default={},
+        cpu=dict(widths=(8, 32, 64, 128), epochs=3, batch_size=256, train_subset=15_000, test_subset=5000,
+                 **_SHORT_EMA_CPU),
+        quick=dict(widths=(8, 16, 32, 64), epochs=1, batch_size=250, train_subset=1000, test_subset=500,
+                   **_SHORT_EMA_QUICK)),
+    # 05: changes to the profile's recipe for each ablation run
+    "ablation": dict(
+        default={},
+        cpu=dict(train_subset=8000, epochs=3, low_res_epochs=2, batch_size=250, test_subset=5000),
+        quick=dict(train_subset=1000, epochs=1, test_subset=500)),
+    # 05: the SE-ResNet of notebook 03, about as wide as the profile's network
+    "se_widths": dict(default=(64, 128, 256, 512), cpu=(32, 64, 128, 256), quick=(8, 16, 32, 64)),
+    # 06: counted runs of the record notebook (a CPU run of the `cpu` profile takes minutes)
+    "record_runs": dict(default=5, cpu=1, quick=2),
+    # 07: changes to the profile's recipe for each sweep run; at full size on a CPU, epochs mean the
+    # same as in the profile
+    "sweep": dict(default={}, cpu=dict(train_subset=10_000, test_subset=5000, low_res=0),
+                  quick=dict(train_subset=1000, test_subset=500)),
+    # 07: the epochs its default sweep tries, and the seeds that confirm the best point
+    "sweep_epochs": dict(default=[5, 6, 7, 8, 9, 10], seed=[6, 8, 10, 12], cpu=[1, 2, 4], quick=[1, 2]),
+    "confirm_runs": dict(default=5, seed=3, cpu=2, quick=2),
+}
+NOTEBOOK_SIZE_NAMES = tuple(_NOTEBOOK_SIZES)
+
+
+def notebook_size(name: str, profile: str | None = None) -> Any:
+    """A notebook's size `name` for `profile` (default: `resolve_profile()`), e.g. the changes
+    notebook 05 makes to each ablation run: `cfg.replace(**notebook_size("ablation"))`.
+
+    The sizes live here, not in the notebooks' config cells, so that a config cell lists the knobs its
+    chapter is about; the learner can still overwrite the value there. A fresh copy each call.
+    """
+    if name not in _NOTEBOOK_SIZES:
+        near = difflib.get_close_matches(name, NOTEBOOK_SIZE_NAMES, n=1)
+        hint = f"did you mean {near[0]!r}?" if near else f"choose one of {NOTEBOOK_SIZE_NAMES}"
+        raise ValueError(f"no notebook size {name!r}; {hint}")
+    sizes = _NOTEBOOK_SIZES[name]
+    return copy.deepcopy(sizes.get(resolve_profile(profile), sizes["default"]))

@@ -158,6 +158,19 @@ def results_table(entries: dict) -> "pd.DataFrame":
     return pd.DataFrame(rows, columns=columns).round({"accuracy": 4, "seconds": 2})
 
 
+QUICK_NOTE = ("quick profile: runs this short stay near chance (10%), so these rows are noise, not "
+              "gains; learn with the 'cpu' profile on a CPU or 'record' on a GPU (HLB_PROFILE)")
+
+
+def quick_note(profile: str) -> None:
+    """Print, above a results table, that the `quick` profile's rows are noise (notebooks 04, 05).
+
+    The tests run every notebook in `quick`; a learner who picks it must not read its rows as results.
+    """
+    if profile == "quick":
+        print(QUICK_NOTE)
+
+
 class NotebookError(RuntimeError):
     """A cell failed during headless execution; the message names the cell and its source."""
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import sgd_lr_scale
 from .device import pick_dtype
 
 # Quintic Newton-Schulz coefficients of airbench94_muon / Keller Jordan's Muon: picked to lift small
@@ -279,33 +280,36 @@ def make_optimizers(net: nn.Module, cfg, dtype: torch.dtype | None = None) -> li
     """The optimisers `cfg` asks for, each group tagged with `name` and `initial_lr` (used by `train.train`).
 
     'muon': Muon on the filters; Nesterov SGD on 'whiten_bias', 'norm_biases' and 'other' (bias_lr)
-    and 'head' (head_lr). 'sgd': one Nesterov SGD; filters and other at lr. Weight decay is
-    `cfg.weight_decay * cfg.batch_size` per step at full lr, scaled by the schedule (see `_group`);
-    as in airbench it is PyTorch's coupled L2 term, so it also flows through momentum. Muon's own
-    decay (`cfg.filter_weight_decay`, hiverge's) is decoupled; its step count is set by the trainer.
-    The trainer sets group['lr'] = group['initial_lr'] * lr_multiplier(...) each step, and sets
-    the 'whiten_bias' group's lr on its own clock: linearly down to 0 over cfg.whiten_bias_epochs.
-    `dtype` is the run's precision (`device.pick_dtype` of cfg.dtype): Muon's Newton-Schulz runs in it,
-    so a "fp32" run orthogonalises in fp32 too (None: the device's default precision).
+    and 'head' (head_lr). 'sgd': one Nesterov SGD; filters and other at lr. The config's SGD lrs and
+    decay are per 1024 examples (`config.sgd_lr_scale`): here, and only here, they become PyTorch's
+    per step of summed loss. The decay is `weight_decay * batch_size` per step at full lr, scaled by the
+    schedule (see `_group`); as in airbench it is PyTorch's coupled L2 term, so it also flows through
+    momentum. Muon's own decay (`cfg.filter_weight_decay`, hiverge's) is decoupled; its step count is
+    set by the trainer. The trainer sets group['lr'] = group['initial_lr'] * lr_multiplier(...) each
+    step, and sets the 'whiten_bias' group's lr on its own clock: linearly down to 0 over
+    cfg.whiten_bias_epochs. `dtype` is the run's precision (`device.pick_dtype` of cfg.dtype): Muon's
+    Newton-Schulz runs in it, so a "fp32" run orthogonalises in fp32 too (None: the device's default).
     """
-    parts, wd = split_params(net), cfg.weight_decay * cfg.batch_size
-    sgd_groups = [_group("whiten_bias", parts["whiten_bias"], cfg.bias_lr, wd),
-                  _group("norm_biases", parts["norm_biases"], cfg.bias_lr, wd),
-                  _group("head", parts["head"], cfg.head_lr, wd)]
+    scale = sgd_lr_scale(cfg.sgd_momentum)
+    bias_lr, head_lr, wd = cfg.bias_lr / scale, cfg.head_lr / scale, cfg.weight_decay * cfg.batch_size / scale
+    parts = split_params(net)
+    sgd_groups = [_group("whiten_bias", parts["whiten_bias"], bias_lr, wd),
+                  _group("norm_biases", parts["norm_biases"], bias_lr, wd),
+                  _group("head", parts["head"], head_lr, wd)]
     if cfg.optimizer == "muon":
-        sgd_groups.append(_group("other", parts["other"], cfg.bias_lr, wd))
+        sgd_groups.append(_group("other", parts["other"], bias_lr, wd))
         filters = dict(params=parts["filters"], lr=cfg.lr, initial_lr=cfg.lr, name="filters")
         optimizers = [Muon([filters], lr=cfg.lr, momentum=cfg.momentum, ns_steps=cfg.ns_steps,
                            ns_coeffs=cfg.ns_coeffs, weight_decay=cfg.filter_weight_decay * cfg.batch_size,
                            renorm_every=cfg.renorm_every, renorm_growth=cfg.renorm_growth,
                            batch=cfg.muon_batch, dtype=dtype)]
     elif cfg.optimizer == "sgd":
-        sgd_groups.append(_group("filters", parts["filters"] + parts["other"], cfg.lr, wd))
+        sgd_groups.append(_group("filters", parts["filters"] + parts["other"], cfg.lr / scale, wd))
         optimizers = []
     else:
         raise ValueError(f"TrainConfig.optimizer={cfg.optimizer!r} is unknown; choose 'muon' or 'sgd'")
     sgd_groups = [g for g in sgd_groups if g["params"]]
     # PyTorch refuses Nesterov without momentum, so sgd_momentum=0 means plain SGD.
-    optimizers.insert(0, torch.optim.SGD(sgd_groups, lr=cfg.bias_lr, momentum=cfg.sgd_momentum,
+    optimizers.insert(0, torch.optim.SGD(sgd_groups, lr=bias_lr, momentum=cfg.sgd_momentum,
                                          nesterov=cfg.sgd_momentum > 0))
     return optimizers

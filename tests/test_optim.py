@@ -7,7 +7,7 @@ from torch import nn
 
 from hlb_utils import model as M
 from hlb_utils import optim as O
-from hlb_utils.config import get_profile
+from hlb_utils.config import get_profile, sgd_lr_scale
 
 
 def small_nets():
@@ -175,13 +175,14 @@ def test_make_optimizers_groups_every_parameter_once_with_names(optimizer, n_opt
     assert sorted(listed) == sorted(id(p) for p in net.parameters() if p.requires_grad)
     by_name = {g["name"]: g for g in groups}
     assert by_name["whiten_bias"]["params"] == [net.whiten.bias]
-    assert by_name["head"]["initial_lr"] == cfg.head_lr
+    scale = sgd_lr_scale(cfg.sgd_momentum)   # the config's SGD lrs and decay are per 1024 examples
+    assert by_name["head"]["initial_lr"] == pytest.approx(cfg.head_lr / scale)
     for g in groups:
         assert g["lr"] == g["initial_lr"]
         if isinstance(opts[-1], O.Muon) and g in opts[-1].param_groups:
             continue  # Muon renormalises its weights instead of decaying them
-        # Per-step decay at full lr is weight_decay * batch_size, whatever the group's lr.
-        assert g["weight_decay"] * g["lr"] == pytest.approx(cfg.weight_decay * cfg.batch_size)
+        # Per-step decay at full lr is weight_decay * batch_size (PyTorch's unit), whatever the group's lr.
+        assert g["weight_decay"] * g["lr"] == pytest.approx(cfg.weight_decay * cfg.batch_size / scale)
 
 
 def test_record_net_with_muon_learns_synthetic_classes_in_a_few_steps():

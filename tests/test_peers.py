@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from hlb_utils import evaluate, loader as L, train
-from hlb_utils.config import get_profile
+from hlb_utils.config import get_profile, sgd_lr_scale
 from hlb_utils.model import init_whitening, make_net
 from hlb_utils.optim import make_optimizers
 
@@ -259,9 +259,10 @@ def test_optimiser_hyperparameters_are_theirs(peer, monkeypatch):
     sgd, muon = their_opts[0], their_opts[-1]
     assert math.isclose(sgd.defaults["momentum"], cfg.sgd_momentum) and sgd.defaults["nesterov"]
     bias, norms, head = sgd.param_groups
-    wd = cfg.weight_decay * cfg.batch_size
-    assert math.isclose(bias["lr"], cfg.bias_lr) and math.isclose(norms["lr"], cfg.bias_lr)
-    assert math.isclose(head["lr"], cfg.head_lr)
+    scale = sgd_lr_scale(cfg.sgd_momentum)   # the config's SGD lrs and decay are per 1024 examples
+    wd = cfg.weight_decay * cfg.batch_size / scale
+    assert math.isclose(bias["lr"], cfg.bias_lr / scale) and math.isclose(norms["lr"], cfg.bias_lr / scale)
+    assert math.isclose(head["lr"], cfg.head_lr / scale)
     for group in (bias, norms, head):
         assert math.isclose(group["weight_decay"] * group["lr"], wd)
     assert math.isclose(muon.defaults["lr"], cfg.lr) and math.isclose(muon.defaults["momentum"], cfg.momentum)
