@@ -10,7 +10,7 @@ It trains once uncounted (compilation, autotuning), once more for a clean time, 
 torch.profiler, and prints (and writes as CSV under --out):
 
 - summary.csv: the run's own timer (clean and profiled), how much of the timed training the device was
-  busy, the training FLOPs (`hlb_utils.model.run_flops`), this machine's measured dense-matmul rate in the
+  busy, the training FLOPs (`hlb_utils.runs.run_flops`), this machine's measured dense-matmul rate in the
   precision the run's convolutions use (TF32 in an fp32 run on an A100 or newer GPU), and the FLOP
   floor = FLOPs / that rate: the time a perfect implementation would need.
 - phases.csv: host and device milliseconds of each named region of the training code
@@ -44,7 +44,7 @@ from hlb_utils.cli import parse_changes  # noqa: E402
 from hlb_utils.config import get_profile  # noqa: E402
 from hlb_utils.data import load_cifar10  # noqa: E402
 from hlb_utils.device import DTYPES, pick_device, synchronize  # noqa: E402
-from hlb_utils.model import run_flops  # noqa: E402
+from hlb_utils.runs import run_flops  # noqa: E402
 from hlb_utils.train import train  # noqa: E402
 
 EPOCH = "hlb:train_epoch"   # the region that holds exactly what the run's timer times

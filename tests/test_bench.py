@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from hlb_utils.config import get_profile
+from hlb_utils.runs import run_flops
+
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks" / "gpu_bench.py"
 FAKE_PEER = REPO / "tests" / "fake_peer.py"
@@ -229,9 +232,9 @@ def test_peer_cache_is_shuffled_with_each_image_kept_with_its_label(tmp_path):
     # hand them one class.
     import torch
 
-    from hlb_utils import data
+    from synthetic import synthetic_dataset
 
-    synthetic = data.synthetic_dataset(n_train=600, n_test=100, seed=0)
+    synthetic = synthetic_dataset(n_train=600, n_test=100, seed=0)
     order = synthetic.train_labels.argsort(stable=True)   # class by class, like the replica
     sorted_set = synthetic._replace(train_images=synthetic.train_images[order], train_labels=synthetic.train_labels[order])
     bench.write_peer_cache(sorted_set, tmp_path / "cifar10")
@@ -241,3 +244,14 @@ def test_peer_cache_is_shuffled_with_each_image_kept_with_its_label(tmp_path):
     label_of = {image.numpy().tobytes(): int(y) for image, y in zip(sorted_set.train_images, sorted_set.train_labels)}
     cached = train["images"].permute(0, 3, 1, 2)
     assert [label_of[image.contiguous().numpy().tobytes()] for image in cached] == train["labels"].tolist()
+
+
+def test_run_flops_matches_the_published_airbench94_muon_figure():
+    # `airbench` is airbench94_muon's network and schedule: training plus its 6-view TTA is published as 0.29 PFLOPs.
+    airbench = run_flops(get_profile("airbench"))
+    assert abs(airbench["train_pflops"] + airbench["tta_pflops"] - 0.29) < 0.01
+    assert airbench["total_pflops"] > airbench["train_pflops"] + airbench["tta_pflops"]   # plus the per-epoch test passes
+    # progressive resizing: the first 2 of 4 epochs at 16 px cost about a quarter of the full-size epochs
+    small = run_flops(get_profile("airbench", epochs=4, low_res=16, low_res_epochs=2))
+    large = run_flops(get_profile("airbench", epochs=4))
+    assert 0.55 < small["train_pflops"] / large["train_pflops"] < 0.7

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 import hlb_utils
-from hlb_utils import data, runs, train
+from hlb_utils import runs, train
 from hlb_utils.config import get_profile
+
+from synthetic import synthetic_dataset
 
 TINY = dict(widths=(8, 16, 16), batch_size=100, epochs=2, tta="flip", eval_every=1, whiten_bias_epochs=1.0)
 
@@ -145,7 +147,7 @@ def test_run_at_chance_says_so_in_its_final_line_and_record(synthetic, tmp_path,
 @pytest.mark.parametrize("net", ["record", "seed"])
 def test_heads_take_their_size_from_the_data(net):
     # A learner's own folder may hold any number of classes: 12 here, labels 0..11.
-    base = data.synthetic_dataset(n_train=600, n_test=120, seed=1)
+    base = synthetic_dataset(n_train=600, n_test=120, seed=1)
     twelve = base._replace(train_labels=torch.arange(600) % 12, test_labels=torch.arange(120) % 12,
                            classes=[f"class{i}" for i in range(12)])
     widths = (8, 16, 16) if net == "record" else (8, 16, 16, 16)
