@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .device import COMPILE_MODES, DTYPES
+from .device import COMPILE_MODES, COMPILE_SCOPES, DTYPES
 from .evaluate import TTA_MODES
 from .loader import FLIP_MODES
 from .model import ACTIVATIONS
@@ -82,6 +82,7 @@ class TrainConfig:
     channels_last: str = "auto"       # 'auto', 'on' or 'off'
     compile: bool = False             # torch.compile the model (falls back cleanly where unsupported)
     compile_mode: str = "max-autotune"  # torch.compile mode; small GPUs (< 68 SMs) get 'default' instead
+    compile_scope: str = "model"      # 'model' (the network) or 'step' (forward pass and loss as one graph)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -108,7 +109,7 @@ _CHOICES = {
     "flip": FLIP_MODES, "optimizer": ("muon", "sgd"),
     "schedule": ("linear", "onecycle"), "tta": TTA_MODES,
     "device": ("auto", "cuda", "cpu", "mps"), "dtype": ("auto", *DTYPES),
-    "channels_last": ("auto", "on", "off"), "compile_mode": COMPILE_MODES,
+    "channels_last": ("auto", "on", "off"), "compile_mode": COMPILE_MODES, "compile_scope": COMPILE_SCOPES,
 }
 _RANGES = {
     "bn_momentum": (0.0, 1.0), "bn_eps": (0.0, 1.0), "batch_size": (1, 50000),
@@ -181,7 +182,7 @@ _RECORD_RECIPE: dict[str, Any] = dict(
 )
 
 _PROFILES: dict[str, dict[str, Any]] = {
-    "record": dict(**_RECORD_RECIPE, batch_size=1536, epochs=7.65, compile=True),
+    "record": dict(**_RECORD_RECIPE, batch_size=1536, epochs=7.65, compile=True, compile_scope="step"),
     # airbench94_muon compiles its model too. Compiled code is shared by every later net of the same
     # shape (benchmarks/NOTES.md has the compile times measured on the CPU backend), so one
     # warm-up run pays for it and the counted runs do not.

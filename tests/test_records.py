@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import hlb_utils
-from hlb_utils import runs, train
+from hlb_utils import loader, runs, train
 from hlb_utils.config import get_profile
 
 from synthetic import synthetic_dataset
@@ -22,16 +22,17 @@ def tiny_cfg(**changes):
 
 
 def interrupt_epoch(monkeypatch, at_call: int) -> None:
-    """Ctrl-C arrives at the start of the `at_call`-th training epoch of the series (counted from 1)."""
-    calls, original = {"n": 0}, train._Run._epoch
+    """Ctrl-C arrives at the start of the `at_call`-th training epoch of the series (counted from 1),
+    while the training loader plans it."""
+    calls, original = {"n": 0}, loader.DeviceLoader.__iter__
 
-    def epoch(self, number, step):
-        calls["n"] += 1
-        if calls["n"] == at_call:
+    def epoch(self):
+        calls["n"] += self.train
+        if self.train and calls["n"] == at_call:
             raise KeyboardInterrupt
-        return original(self, number, step)
+        return original(self)
 
-    monkeypatch.setattr(train._Run, "_epoch", epoch)
+    monkeypatch.setattr(loader.DeviceLoader, "__iter__", epoch)
 
 
 def read_records(out):
