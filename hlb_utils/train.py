@@ -7,8 +7,8 @@ trained weights by accident. Timing follows the anchors: only the training steps
 augmentation and compilation are measured apart and reported on their own.
 
 `train_loop` is the loop itself, on one screen; what can go wrong (a diverging loss, Ctrl-C, GPU memory)
-and what is recorded (the history, the progress line) sit at its edges, and compiling, the warm-up
-before the clock and the fallback to eager live in device.py.
+and what is recorded (the history, the progress line) sit at its edges, in history.py, and compiling,
+the warm-up before the clock and the fallback to eager live in device.py.
 
 Command line (for headless runs and the GPU benchmark), in hlb_utils/cli.py:
     python -m hlb_utils train --profile quick --runs 2 --data PATH --out runs/quick
@@ -19,7 +19,6 @@ import math
 import resource
 import socket
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
@@ -38,25 +37,13 @@ from .evaluate import evaluate, memory_format_of
 from .loader import DeviceLoader
 from .model import init_whitening, make_net
 from .optim import EMA, Lookahead, Muon, lr_multiplier, smoothed_cross_entropy
-from .progress import LiveTable
-
-COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "ema_acc", "tta_acc", "train_seconds"]
+from .history import COLUMNS, EpochLog, stops_cleanly
 
 
 # The learner's pieces `train()` accepts: loss_fn(logits, labels) -> summed loss, and
 # make_optimizers(net, cfg) -> an optimiser or a list of them.
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 OptimizerFactory = Callable[[nn.Module, TrainConfig], "torch.optim.Optimizer | list[torch.optim.Optimizer]"]
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite. `what` says where; `changes` are the config changes to try
-    next (a lower lr), so that the command line can give the same advice as `--set` options."""
-
-    def __init__(self, what: str, changes: dict) -> None:
-        self.what, self.changes = what, dict(changes)
-        args = ", ".join(f"{key}={value!r}" for key, value in self.changes.items())
-        super().__init__(f"{what}; try a lower learning rate, e.g. cfg.replace({args})")
 
 
 @dataclass
@@ -154,7 +141,7 @@ def forward_loss(model: Callable, x: torch.Tensor, y: torch.Tensor, *, loss_fn: 
 
 
 def train_loop(cfg: TrainConfig, plan: Plan, net: nn.Module, forward: Callable, model: Callable,
-               optimizers: list, loader: DeviceLoader, timer: Timer, log: "_Log") -> EMA | None:
+               optimizers: list, loader: DeviceLoader, timer: Timer, log: EpochLog) -> EMA | None:
     """The training loop (notebook 04): each step sets the schedule's lrs, (shrinks the images), runs
     the forward pass and the loss, the backward pass, the optimisers' step and the averaging. Only
     the steps are timed; each epoch then adds a row to the history. Returns the EMA (None if off).
@@ -163,7 +150,7 @@ def train_loop(cfg: TrainConfig, plan: Plan, net: nn.Module, forward: Callable, 
     """
     ema, step = None, 0
     lookahead = Lookahead(net, plan.total) if cfg.lookahead else None
-    with _stops_cleanly(cfg, timer, log):
+    with stops_cleanly(cfg, timer, log):
         for epoch in range(1, plan.epochs + 1):
             net.train()
             batches = iter(loader)   # the loader plans the epoch here, before the clock starts
@@ -241,7 +228,7 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
                                                if compile_seconds else ""))
 
     timer = Timer(device)
-    log = _Log(cfg, plan, test_loader, timer, autocast, verbose)
+    log = EpochLog(cfg, plan, test_loader, timer, autocast, verbose)
     ema = train_loop(cfg, plan, net, run.forward, run.model, optimizers, train_loader, timer, log)
     tta_start = time.perf_counter()
     acc = math.nan
@@ -292,79 +279,6 @@ def _first_batches(loader: DeviceLoader, cfg: TrainConfig, plan: Plan) -> list:
     x, y = next(iter(loader))
     loader.reset()
     return [(x, y)] + ([(shrink(x, cfg.low_res), y)] if plan.low_res else [])
-
-
-@contextmanager
-def _stops_cleanly(cfg: TrainConfig, timer: Timer, log: "_Log"):
-    """Ctrl-C (or SIGTERM, which the command line turns into it) ends the loop but keeps the finished
-    epochs; running out of GPU memory names a smaller batch."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        timer.stop_if_running()
-        log.interrupted = True
-        print(f"\ninterrupted: kept the history of {len(log.history)} finished epoch(s)")
-    except torch.cuda.OutOfMemoryError as err:
-        raise RuntimeError(f"CUDA ran out of memory at batch_size={cfg.batch_size}; try "
-                           f"cfg.replace(batch_size={max(1, cfg.batch_size // 2)})") from err
-
-
-class _Log:
-    """The loop's bookkeeping, out of its way: each epoch's running loss and accuracy, the check that
-    the loss stays finite, the progress line, and one history row per epoch (with its evaluation)."""
-
-    def __init__(self, cfg, plan: Plan, test_loader, timer: Timer, autocast, verbose: bool) -> None:
-        self.cfg, self.plan, self.test_loader, self.timer, self.autocast = cfg, plan, test_loader, timer, autocast
-        self.device = timer.device
-        self.history, self.interrupted = [], False
-        self.table = LiveTable(COLUMNS, enabled=verbose)
-        self._new_epoch()
-
-    def _new_epoch(self) -> None:
-        # device tensors: adding to them never makes the host wait for a GPU
-        self.loss = torch.zeros((), device=self.device)
-        self.correct = torch.zeros((), device=self.device, dtype=torch.long)
-        self.seen = 0
-
-    def step(self, loss, logits, y, step: int) -> None:
-        self.loss += loss.detach()
-        self.correct += (logits.detach().argmax(1) == y).sum()
-        self.seen += len(y)
-        if self.device.type == "cpu":
-            # On the CPU a per-step check is free; on a GPU it would stall the queue, so there the
-            # epoch's summed loss is checked once, at its end.
-            self._check_finite(loss, f"at step {step}")
-            epoch, done = divmod(step, self.plan.steps_per_epoch)
-            self.table.status(f"epoch {epoch + 1}: step {done + 1}/{self.plan.steps_per_epoch}",
-                              (done + 1) / self.plan.steps_per_epoch)
-
-    def epoch(self, epoch: int, step: int, lr: float, model, ema) -> None:
-        loss = self.loss.item()
-        self._check_finite(self.loss, f"in the epoch ending at step {step}")
-        every, seen = self.cfg.eval_every, max(self.seen, 1)
-        row = dict(epoch=epoch, train_loss=loss / seen, train_acc=self.correct.item() / seen,
-                   test_loss=math.nan, test_acc=math.nan, ema_acc=math.nan, tta_acc=math.nan,
-                   train_seconds=self.timer.total, lr=lr)
-        if epoch == self.plan.epochs or (every and epoch % every == 0):
-            with region("hlb:evaluate"):
-                res = evaluate(model, self.test_loader, autocast_dtype=self.autocast)
-                row.update(test_loss=res["loss"], test_acc=res["acc"])
-                if ema is not None:
-                    row["ema_acc"] = evaluate(ema.model, self.test_loader, autocast_dtype=self.autocast)["acc"]
-        self.history.append(row)
-        self.table.add(row)
-        self._new_epoch()
-
-    def final(self, acc: float) -> None:
-        """The final accuracy (with TTA) goes into the last row."""
-        if self.history:
-            self.history[-1]["tta_acc"] = acc
-            self.table.update_last(self.history[-1])
-
-    def _check_finite(self, loss, where: str) -> None:
-        if not math.isfinite(loss.item()):
-            raise TrainingDiverged(f"the loss became {loss.item()} {where}",
-                                   {"lr": float(f"{self.cfg.lr / 2:.3g}")})
 
 
 def shrink(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -19,7 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from hlb_utils import device as dev
-from hlb_utils import loader, model, notebook, optim, runs, train
+from hlb_utils import history, loader, model, notebook, optim, runs, train
 from hlb_utils.config import get_profile
 
 from test_device import simulate_gpu
@@ -281,7 +281,7 @@ def test_the_timed_loop_never_waits_for_the_host(synthetic):
     forward = partial(train.forward_loss, net, loss_fn=partial(optim.smoothed_cross_entropy, reduction="sum"),
                       autocast=None)
     timer = train.Timer(meta)
-    log = train._Log(cfg, plan, test_loader, timer, None, verbose=False)
+    log = history.EpochLog(cfg, plan, test_loader, timer, None, verbose=False)
     traffic, start, stop = HostDeviceTraffic(), timer.start, timer.stop
     with traffic:   # the mode sees what it is meant to see
         torch.arange(3).to(meta)

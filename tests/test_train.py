@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from hlb_utils import config, evaluate, loader, optim, runs, stats, train
+from hlb_utils import config, evaluate, history, loader, optim, runs, stats, train
 from hlb_utils import device as dev
 from hlb_utils.config import get_profile
 
@@ -240,7 +240,7 @@ def test_compile_failure_falls_back_to_eager(synthetic, monkeypatch):
 
 
 def test_nan_loss_is_caught_with_the_step(synthetic):
-    with pytest.raises(train.TrainingDiverged, match=r"at step 2; try a lower learning rate"):
+    with pytest.raises(history.TrainingDiverged, match=r"at step 2; try a lower learning rate"):
         train.train(tiny_cfg(optimizer="sgd"), synthetic, model=BlowsUp(), verbose=False)
 
 
