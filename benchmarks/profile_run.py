@@ -10,12 +10,15 @@ It trains once uncounted (compilation, autotuning), once more for a clean time, 
 torch.profiler, and prints (and writes as CSV under --out):
 
 - summary.csv: the run's own timer (clean and profiled), how much of the timed training the device was
-  busy, the training FLOPs (`hlb_utils.model.run_flops`), this machine's measured dense-matmul rate in the
+  busy, the training FLOPs (`hlb_utils.runs.run_flops`), this machine's measured dense-matmul rate in the
   precision the run's convolutions use (TF32 in an fp32 run on an A100 or newer GPU), and the FLOP
   floor = FLOPs / that rate: the time a perfect implementation would need.
-- phases.csv: host and device milliseconds of each named region of the training code
-  (`hlb_utils.device.region`: hlb:augment, hlb:forward_backward, hlb:optimizer, ...). Backward kernels
-  run on autograd's own thread on a GPU, so they appear as "backward (autograd's thread)".
+- phases.csv: host and device milliseconds of each named region of the training code. The library
+  names three (`hlb_utils.device.region`: hlb:train_epoch, what the timer times; hlb:evaluate;
+  hlb:augment); this script adds the step's phases from outside (`named_phases`): hlb:forward (the
+  forward pass with its loss), hlb:backward, hlb:optimizer, and hlb:augment_plan (the loader's plan of
+  an epoch, before the clock). Backward kernels run on autograd's own thread on a GPU, so they appear
+  as "backward (autograd's thread)".
 - kernels.csv / categories.csv: the device kernels of the timed training by name and by kind (conv,
   matmul, fused by compile, ...); on a CPU, the operators by host time instead.
 
@@ -24,6 +27,7 @@ On a CPU it runs too (that is how tests/test_bench.py checks it): `--profile qui
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import re
 import shutil
@@ -35,16 +39,19 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from torch.profiler import ProfilerActivity, profile
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+from torch.profiler import ProfilerActivity, profile, record_function
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from hlb_utils import loader as loader_mod  # noqa: E402
+from hlb_utils import train as train_mod  # noqa: E402
 from hlb_utils.cli import parse_changes  # noqa: E402
 from hlb_utils.config import get_profile  # noqa: E402
 from hlb_utils.data import load_cifar10  # noqa: E402
 from hlb_utils.device import DTYPES, pick_device, synchronize  # noqa: E402
-from hlb_utils.model import run_flops  # noqa: E402
+from hlb_utils.runs import run_flops  # noqa: E402
 from hlb_utils.train import train  # noqa: E402
 
 EPOCH = "hlb:train_epoch"   # the region that holds exactly what the run's timer times
@@ -169,11 +176,47 @@ def kind_of(name: str) -> str:
     return next((kind for kind, pattern in KINDS if re.search(pattern, low)), "other")
 
 
+def _named(name: str, fn):
+    def named(*args, **kwargs):
+        with record_function(name):
+            return fn(*args, **kwargs)
+    return named
+
+
+@contextmanager
+def named_phases():
+    """The training step's phases as profiler ranges, added from outside the library (which names only
+    the epoch, evaluation and augmentation): hlb:forward around the run's forward pass and loss (outside
+    any compiled graph), hlb:backward, hlb:optimizer around every optimiser step, hlb:augment_plan."""
+    compile_run, backward, plan = train_mod.compile_run, torch.Tensor.backward, loader_mod.DeviceLoader._plan
+    ranges = []
+
+    def enter(*_):
+        ranges.append(record_function("hlb:optimizer").__enter__())
+
+    def leave(*_):
+        ranges.pop().__exit__(None, None, None)
+
+    def named_run(*args, **kwargs):
+        run = compile_run(*args, **kwargs)
+        return dataclasses.replace(run, forward=_named("hlb:forward", run.forward))
+
+    hooks = [register_optimizer_step_pre_hook(enter), register_optimizer_step_post_hook(leave)]
+    train_mod.compile_run, torch.Tensor.backward = named_run, _named("hlb:backward", backward)
+    loader_mod.DeviceLoader._plan = _named("hlb:augment_plan", plan)
+    try:
+        yield
+    finally:
+        train_mod.compile_run, torch.Tensor.backward, loader_mod.DeviceLoader._plan = compile_run, backward, plan
+        for hook in hooks:
+            hook.remove()
+
+
 def profile_once(cfg, data, trace: Path | None = None) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """One run under torch.profiler: (figures, phases, kernels or host operators); `trace` keeps the timeline."""
     device = pick_device(cfg.device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
+    with named_phases(), profile(activities=activities) as prof:
         result = train(cfg, data, verbose=False)
     if trace is not None:
         prof.export_chrome_trace(str(trace.with_suffix("")))

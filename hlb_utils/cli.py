@@ -26,7 +26,7 @@ from pathlib import Path
 from . import data as data_mod
 from .config import PROFILE_NAMES, TrainConfig, get_profile
 from .runs import RunsResult, run_many, write_records
-from .train import TrainingDiverged
+from .history import TrainingDiverged
 
 PROG = "python -m hlb_utils train"
 

@@ -23,6 +23,7 @@ TTA_MODES = ("none", "flip", "multi", "selective")      # evaluate.tta_logits
 DTYPES = ("bf16", "fp16", "fp32")                       # device.pick_dtype
 WEIGHTS = ("fp32", "half")                              # device.pick_dtype: fp32 under autocast, or the net in half
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")   # torch.compile
+COMPILE_SCOPES = ("model", "step")                      # device.compile_run: the model, or forward + loss as one graph
 # Quintic Newton-Schulz coefficients of airbench94_muon (optim.newton_schulz's default)
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
@@ -106,6 +107,7 @@ class TrainConfig:
     channels_last: str = "auto"       # 'auto', 'on' or 'off'
     compile: bool = False             # torch.compile the model (falls back cleanly where unsupported)
     compile_mode: str = "max-autotune"  # torch.compile mode; small GPUs (< 68 SMs) get 'default' instead
+    compile_scope: str = "model"      # 'model' (the network) or 'step' (forward pass and loss as one graph)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -132,6 +134,7 @@ _CHOICES = {
     "schedule": ("linear", "onecycle"), "tta": TTA_MODES,
     "device": ("auto", "cuda", "cpu", "mps"), "dtype": ("auto", *DTYPES),
     "channels_last": ("auto", "on", "off"), "compile_mode": COMPILE_MODES, "weights": WEIGHTS,
+    "compile_scope": COMPILE_SCOPES,
 }
 _RANGES = {
     "bn_momentum": (0.0, 1.0), "bn_eps": (0.0, 1.0), "batch_size": (1, 50000),
@@ -208,7 +211,8 @@ _RECORD_RECIPE: dict[str, Any] = dict(
 
 _PROFILES: dict[str, dict[str, Any]] = {
     # hiverge holds its whole net in fp16 (weights="half": fp16 on every GPU, fp32 on the CPU)
-    "record": dict(**_RECORD_RECIPE, batch_size=1536, epochs=7.65, compile=True, weights="half"),
+    "record": dict(**_RECORD_RECIPE, batch_size=1536, epochs=7.65, compile=True, weights="half",
+                   compile_scope="step"),
     # airbench94_muon compiles its model too. Compiled code is shared by every later net of the same
     # shape (benchmarks/NOTES.md has the compile times measured on the CPU backend), so one
     # warm-up run pays for it and the counted runs do not.

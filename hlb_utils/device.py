@@ -6,11 +6,14 @@ each choice falls back to what the machine supports: bf16 where the GPU has it, 
 """
 from __future__ import annotations
 
+import copy
 import re
 import sys
 import time
 import warnings
 from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import partial
 from typing import Callable, ContextManager
 
 import torch
@@ -161,24 +164,6 @@ def compile_choice(enabled: bool, device: torch.device, mode: str = "max-autotun
     return mode, f"compiled ({mode})"
 
 
-def maybe_compile(model: nn.Module, enabled: bool, device: torch.device,
-                  mode: str = "max-autotune") -> tuple[Callable, str]:
-    """torch.compile the model where it can work, else return it unchanged with a one-line reason.
-
-    Compilation is lazy (it happens on the first call), so the trainer times a warm-up step apart
-    and reports it as compile time, never as training time; if that first call fails, the trainer
-    goes on uncompiled.
-    """
-    mode, note = compile_choice(enabled, device, mode)
-    if mode is None:
-        return model, note
-    try:
-        return compile_model(model, mode), note
-    except Exception as err:  # pragma: no cover - depends on the platform
-        warnings.warn(f"torch.compile failed, training uncompiled: {err}")
-        return model, f"compile failed: {type(err).__name__}"
-
-
 def needs_warm_up(device: torch.device) -> bool:
     """Whether the first steps on this device carry one-off costs that must stay out of the timer.
 
@@ -220,9 +205,13 @@ def compile_model(model: nn.Module, mode: str = "default", backend: str = "induc
     # torch < 2.6 calls the limit cache_size_limit
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
+    return _torch_compile(model, mode, backend)
+
+
+def _torch_compile(fn: Callable, mode: str, backend: str, fullgraph: bool = False) -> Callable:
     if backend != "inductor":
-        return torch.compile(model, backend=backend, dynamic=False)
-    return torch.compile(model, mode=mode, dynamic=False)
+        return torch.compile(fn, backend=backend, dynamic=False, fullgraph=fullgraph)
+    return torch.compile(fn, mode=mode, dynamic=False, fullgraph=fullgraph)
 
 
 def _signature(model: nn.Module) -> tuple:
@@ -241,6 +230,107 @@ def dynamo_gave_up() -> int:
     from torch._dynamo.utils import counters
 
     return counters["frames"]["total"] - counters["frames"]["ok"]
+
+
+# ---- Compiling a run: what is compiled, the warm-up before the clock, and the fallback ----------------
+
+COMPILE_SCOPES = ("model", "step")   # TrainConfig.compile_scope
+
+
+@dataclass
+class CompiledRun:
+    """What a run trains and evaluates with (notebook 05): `forward(x, y) -> (loss, logits)` for a
+    training step, `model(x) -> logits` for evaluation, compiled or plain, and a note saying which."""
+
+    net: nn.Module
+    forward_loss: Callable     # (model, x, y) -> (summed loss, logits): the step before compiling
+    forward: Callable
+    model: Callable
+    note: str = "off"
+
+
+def compile_run(net: nn.Module, forward_loss: Callable, mode: str | None, scope: str = "model",
+                note: str = "off", backend: str = "inductor") -> CompiledRun:
+    """Compile a run's network (`mode` from `compile_choice`; None: leave it plain).
+
+    scope 'model' compiles the network, and the loss runs eagerly after it; 'step' (hiverge's record)
+    compiles the forward pass and the loss as one graph (`fullgraph`: it never breaks into pieces) for
+    training, and the network on its own for evaluation.
+    """
+    if mode is None:
+        return CompiledRun(net, forward_loss, partial(forward_loss, net), net, note)
+    model = compile_model(net, mode, backend)
+    if scope == "model":
+        return CompiledRun(net, forward_loss, partial(forward_loss, model), model, note)
+    step = _torch_compile(partial(forward_loss, net), mode, backend, fullgraph=True)
+    return CompiledRun(net, forward_loss, step, model, f"{note}, forward+loss as one graph")
+
+
+def prepare(run: CompiledRun, optimizers: list, batches: Callable[[], list], device: torch.device,
+            autocast: torch.dtype | None = None) -> tuple[CompiledRun, float]:
+    """Warm up where it pays (every CUDA run, every compiled one); returns the run and its seconds.
+
+    `batches()` gives one (images, labels) batch per image size the run will train at. Compilation
+    is lazy: a backend that cannot build the graphs fails here, and the run goes on uncompiled
+    (warmed up again, uncompiled, on a GPU), its note saying so.
+    """
+    compiled = run.model is not run.net
+    if not compiled and not needs_warm_up(device):
+        return run, 0.0
+    try:
+        return run, warm_up(run, optimizers, batches(), autocast)
+    except Exception as err:
+        if not compiled or isinstance(err, torch.cuda.OutOfMemoryError):
+            raise
+        first = str(err).splitlines()[0] if str(err) else ""
+        warnings.warn(f"torch.compile failed on the first step ({type(err).__name__}: {first}); training uncompiled")
+        plain = compile_run(run.net, run.forward_loss, None,
+                            note=f"compile failed: {type(err).__name__}; trained uncompiled")
+        return prepare(plain, optimizers, batches, device, autocast)
+
+
+def warm_up(run: CompiledRun, optimizers: list, batches: list, autocast: torch.dtype | None = None) -> float:
+    """Pay the one-off costs before the clock starts: compilation, cuDNN's search for the fastest
+    algorithms, the lazy loading of kernels (the optimisers' too). Two real training steps at each
+    image size and one evaluation-mode call, then every weight, buffer, optimiser state and lr is put
+    back, so the run trains exactly as if none of this had happened. Returns the seconds it took."""
+    net = run.net
+    saved = dict(net={k: v.clone() for k, v in net.state_dict().items()},
+                 optimizers=[copy.deepcopy(opt.state_dict()) for opt in optimizers])
+    start = time.perf_counter()
+    try:
+        for x, y in batches:
+            for _ in range(2):
+                loss, _ = run.forward(x, y)
+                loss.backward()
+                for opt in optimizers:
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+        net.eval()
+        with torch.no_grad(), mixed_precision(x.device, autocast):
+            run.model(x)
+        synchronize(x.device)
+    finally:
+        net.train()
+        net.load_state_dict(saved["net"])
+        for opt, state in zip(optimizers, saved["optimizers"]):
+            opt.load_state_dict(state)
+    return time.perf_counter() - start
+
+
+def check_compiled(run: CompiledRun, gave_up_before: int) -> str:
+    """The run's compile note, amended when torch.compile gave up during the run and ran (part of) it
+    eager (`gave_up_before`: `dynamo_gave_up()` before the run)."""
+    if run.model is run.net or dynamo_gave_up() == gave_up_before:
+        return run.note
+    warnings.warn("torch.compile gave up part-way through this run (recompile limit or tracing error) "
+                  "and ran the rest eager; TORCH_LOGS=recompiles tells why")
+    return f"{run.note}; fell back to eager part-way"
+
+
+def mixed_precision(device: torch.device, dtype: torch.dtype | None) -> ContextManager:
+    """Autocast to `dtype` (bf16 or fp16) on this device, or a no-op for None (fp32)."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def synchronize(device: torch.device) -> None:
@@ -268,6 +358,10 @@ class Timer:
         else:
             synchronize(self.device)
             self._start = time.perf_counter()
+
+    def stop_if_running(self) -> None:
+        if self._start is not None:
+            self.stop()
 
     def stop(self) -> float:
         """End the region; returns the total seconds so far (synchronises the device)."""

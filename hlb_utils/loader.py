@@ -249,8 +249,7 @@ class DeviceLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        with region("hlb:augment_plan"):
-            state, chunks = self._state(), self._chunks(*self._plan())
+        state, chunks = self._state(), self._chunks(*self._plan())
         self.epoch += 1
         return self._batches(state, chunks)
 

@@ -4,7 +4,7 @@ Notebook 03 (SE-ResNet) shows the blocks (`conv3x3`, `BatchNorm`, `SqueezeExcite
 builds `make_seed_net`, the SE-ResNet of hlb-CIFAR10, and teaches patch whitening (`patch_covariance`,
 `whitening_filters`, `init_whitening`); notebook 05 (speed tricks) slims it into `make_record_net`,
 the airbench94_muon network of straight-line `ConvGroup`s (no residuals, no SE, identity init). Notebooks 02, 03 and 05 count costs with `count_params`
-and `count_flops`.
+and `count_flops` (a whole run's: `runs.run_flops`).
 
 Every net exposes `net.whiten` (the frozen whitening conv, with a trainable bias) and `net.head`
 (the final `nn.Linear`), so that `optim.split_params` can give each kind of parameter its own lr.
@@ -13,7 +13,6 @@ The models hold no precision logic: the trainer casts them or runs them under `t
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 from torch import nn
@@ -308,31 +307,3 @@ def count_flops(net: nn.Module, batch: int = 1, train: bool = True, image_size: 
         if train:
             out.float().sum().backward()
     return int(counter.get_total_flops())
-
-
-def run_flops(cfg, n_train: int = 50_000, n_test: int = 10_000) -> dict:
-    """The compute of one training run of `cfg`, in PFLOPs (convs and matmuls, as `count_flops`).
-
-    Training: forward + backward for every image of every step (the small images of progressive
-    resizing counted at their size). Evaluation: one forward per test image per TTA view at the end
-    (`tta_pflops`), plus the per-epoch test passes `eval_every` asks for (`eval_pflops`).
-    airbench94_muon publishes 0.29 PFLOPs for training plus its 6-view TTA.
-    """
-    from .evaluate import tta_passes   # evaluate does not import model; kept local all the same
-
-    net = make_net(cfg)
-    per_image = count_flops(net, train=True)
-    n_test = min(cfg.test_subset or n_test, n_test)
-    steps_per_epoch = cfg.steps_per_epoch(n_train)
-    steps = round(cfg.epochs * steps_per_epoch)
-    small = min(steps, round(cfg.low_res_epochs * steps_per_epoch)) if cfg.low_res else 0
-    # two images: at small sizes the last group is 1x1, and BatchNorm cannot train on a single value
-    small_per_image = count_flops(net, batch=2, train=True, image_size=cfg.low_res) // 2 if small else 0
-    train_flops = cfg.batch_size * ((steps - small) * per_image + small * small_per_image)
-    forward = count_flops(net, train=False)
-    views = tta_passes(cfg.tta)
-    evals = math.ceil(cfg.epochs / cfg.eval_every) if cfg.eval_every else 1
-    return dict(profile=cfg.profile, net=cfg.net, widths=str(tuple(cfg.widths)), params=count_params(net),
-                gflops_train_image=per_image / 1e9, train_pflops=train_flops / 1e15,
-                tta_pflops=n_test * forward * views / 1e15, eval_pflops=n_test * forward * evals / 1e15,
-                total_pflops=(train_flops + n_test * forward * (views + evals)) / 1e15)

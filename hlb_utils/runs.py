@@ -28,6 +28,8 @@ import torch
 
 from . import __version__
 from .config import TrainConfig
+from .evaluate import tta_passes
+from .model import count_flops, count_params, make_net
 from .stats import summarize_accuracies
 from .train import TrainResult, train
 
@@ -218,6 +220,32 @@ def _run_line(i: int, runs: int, res: TrainResult) -> str:
     if res.interrupted:
         return line + "  (interrupted: not counted)"
     return line + ("  (chance level: learned nothing)" if res.at_chance else "")
+
+
+def run_flops(cfg, n_train: int = 50_000, n_test: int = 10_000) -> dict:
+    """The compute of one training run of `cfg`, in PFLOPs (convs and matmuls, as `model.count_flops`).
+
+    Training: forward + backward for every image of every step (the small images of progressive
+    resizing counted at their size). Evaluation: one forward per test image per TTA view at the end
+    (`tta_pflops`), plus the per-epoch test passes `eval_every` asks for (`eval_pflops`).
+    airbench94_muon publishes 0.29 PFLOPs for training plus its 6-view TTA.
+    """
+    net = make_net(cfg)
+    per_image = count_flops(net, train=True)
+    n_test = min(cfg.test_subset or n_test, n_test)
+    steps_per_epoch = cfg.steps_per_epoch(n_train)
+    steps = round(cfg.epochs * steps_per_epoch)
+    small = min(steps, round(cfg.low_res_epochs * steps_per_epoch)) if cfg.low_res else 0
+    # two images: at small sizes the last group is 1x1, and BatchNorm cannot train on a single value
+    small_per_image = count_flops(net, batch=2, train=True, image_size=cfg.low_res) // 2 if small else 0
+    train_flops = cfg.batch_size * ((steps - small) * per_image + small * small_per_image)
+    forward = count_flops(net, train=False)
+    views = tta_passes(cfg.tta)
+    evals = math.ceil(cfg.epochs / cfg.eval_every) if cfg.eval_every else 1
+    return dict(profile=cfg.profile, net=cfg.net, widths=str(tuple(cfg.widths)), params=count_params(net),
+                gflops_train_image=per_image / 1e9, train_pflops=train_flops / 1e15,
+                tta_pflops=n_test * forward * views / 1e15, eval_pflops=n_test * forward * evals / 1e15,
+                total_pflops=(train_flops + n_test * forward * (views + evals)) / 1e15)
 
 
 def code_version() -> str:

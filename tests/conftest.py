@@ -14,6 +14,8 @@ import pytest
 
 from hlb_utils import data
 
+from synthetic import synthetic_dataset
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPLICA = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
@@ -41,4 +43,4 @@ def cifar(replica: Path) -> data.Cifar10:
 @pytest.fixture(scope="session")
 def synthetic() -> data.Cifar10:
     """1,000 + 200 tiny learnable images: for tests that need data but no files."""
-    return data.synthetic_dataset(n_train=1000, n_test=200, seed=0)
+    return synthetic_dataset(n_train=1000, n_test=200, seed=0)

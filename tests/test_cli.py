@@ -75,7 +75,7 @@ def test_batch_larger_than_the_data_is_one_line(synthetic_source, capsys):
 
 def test_divergence_advice_is_in_command_line_form(synthetic_source, monkeypatch, capsys):
     # a loss that turns NaN at the first step, caught by the real training loop
-    monkeypatch.setattr(train, "smoothed_cross_entropy", lambda logits, y, s, reduction: logits.sum() * np.nan)
+    monkeypatch.setattr(train, "smoothed_cross_entropy", lambda logits, y, smoothing, reduction: logits.sum() * np.nan)
     assert cli.main(TINY + ["--set", "lr=0.3"]) == 1
     line = one_error_line(capsys)
     assert "the loss became nan at step 0" in line and line.endswith("--set lr=0.15")

@@ -21,6 +21,8 @@ from hlb_utils.data import DataError, load_cifar10
 from hlb_utils.imagefolder import OwnDataWarning
 from hlb_utils.loader import channel_stats
 
+from synthetic import synthetic_dataset
+
 
 def make_imagefolder(root: Path, classes, per_class: int = 2, seed: int = 0, size: int = 32) -> dict:
     """Write random PNGs (lossless, so pixels round-trip) in ImageFolder layout under root.
@@ -57,11 +59,11 @@ def load(source, cache: Path) -> data.Cifar10:
 
 
 def test_synthetic_dataset_is_balanced_uint8_and_seeded():
-    first = data.synthetic_dataset(n_train=100, n_test=20, seed=1)
+    first = synthetic_dataset(n_train=100, n_test=20, seed=1)
     assert first.train_images.shape == (100, 3, 32, 32) and first.train_images.dtype == torch.uint8
     assert first.test_images.shape == (20, 3, 32, 32) and first.train_labels.dtype == torch.int64
     assert first.train_labels.bincount().tolist() == [10] * 10 and len(first.classes) == 10
-    again, other = data.synthetic_dataset(100, 20, seed=1), data.synthetic_dataset(100, 20, seed=2)
+    again, other = synthetic_dataset(100, 20, seed=1), synthetic_dataset(100, 20, seed=2)
     assert torch.equal(first.train_images, again.train_images)
     assert not torch.equal(first.train_images, other.train_images)
 

@@ -4,6 +4,8 @@ import pytest
 
 from hlb_utils import data
 
+from synthetic import synthetic_dataset
+
 
 @pytest.mark.parametrize("source", ["~/Downloads/cifar10-jpeg.tar.gz", "/data/CIFAR10-JPEG.tgz",
                                     "/data/cifar10-jpeg"])
@@ -25,7 +27,7 @@ def test_other_sources_are_not_passed_off_as_cifar10(tmp_path):
     (tmp_path / "my-photos" / "train").mkdir(parents=True)
     assert data.data_label(tmp_path / "my-photos") == "own images (my-photos)"
     assert data.data_label("/data/cifar10-png.tar.gz") == "own images (cifar10-png.tar.gz)"
-    assert data.data_label(data.synthetic_dataset(20, 10).source) == "synthetic"
+    assert data.data_label(synthetic_dataset(20, 10).source) == "synthetic"
 
 
 def test_the_replica_itself_is_labelled_so(replica):

@@ -61,11 +61,14 @@ def test_compile_mode_follows_the_sm_count(monkeypatch, gpu, expected):
     simulate_gpu(monkeypatch, gpu)
     monkeypatch.setitem(sys.modules, "triton", types.ModuleType("triton"))   # whether installed or not
     compiled = []
-    monkeypatch.setattr(dev, "compile_model", lambda model, mode: compiled.append(mode) or model)
+    monkeypatch.setattr(dev, "compile_model", lambda model, mode, backend="inductor": compiled.append(mode) or model)
     net = torch.nn.Linear(2, 2)
-    _, note = dev.maybe_compile(net, True, torch.device("cuda"), "max-autotune")
-    assert compiled == [expected] and note == f"compiled ({expected})"
-    assert dev.maybe_compile(net, True, torch.device("cpu"))[1].startswith("compile skipped on cpu")
+    mode, note = dev.compile_choice(True, torch.device("cuda"), "max-autotune")
+    run = dev.compile_run(net, lambda model, x, y: (model(x).sum(), model(x)), mode, note=note)
+    assert compiled == [expected] and run.note == note == f"compiled ({expected})"
+    assert dev.compile_choice(True, torch.device("cpu"))[1].startswith("compile skipped on cpu")
+    plain = dev.compile_run(net, lambda model, x, y: (model(x).sum(), model(x)), None)
+    assert plain.model is net and plain.note == "off" and len(compiled) == 1
 
 
 @pytest.mark.parametrize("gpu, arch_list, runs", [

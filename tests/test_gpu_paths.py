@@ -11,6 +11,7 @@ import json
 import math
 import sys
 import types
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from hlb_utils import device as dev
-from hlb_utils import data, loader, model, notebook, optim, runs, train
+from hlb_utils import data, history, loader, model, notebook, optim, runs, train
 from hlb_utils.config import get_profile
 
 from test_device import simulate_gpu
@@ -170,37 +171,47 @@ def test_on_the_cpu_half_weights_change_nothing(synthetic):
 
 
 def make_run(cfg, data):
-    """A _Run as train() builds it, on the CPU, uncompiled."""
-    loaders = train.make_loaders(cfg, data, "cpu")
+    """What train() warms up, on the CPU, uncompiled: (the run, its optimisers, its training loader)."""
+    train_loader, _ = train.make_loaders(cfg, data, "cpu")
     torch.manual_seed(cfg.seed)
     net = model.make_net(cfg)
     optimizers = optim.make_optimizers(net, cfg, torch.float32)
-    return train._Run(cfg, net, net, optimizers, *loaders, torch.device("cpu"), None, verbose=False)
+    plan = train.plan_steps(cfg, len(train_loader))
+    for opt in optimizers:
+        opt.total_steps = plan.total
+    forward_loss = partial(train.forward_loss, loss_fn=partial(optim.smoothed_cross_entropy, reduction="sum"),
+                           autocast=None)
+    return dev.compile_run(net, forward_loss, None), optimizers, train_loader
 
 
-def state_of(run) -> dict:
+def state_of(run, optimizers) -> dict:
     """Every tensor and number the warm-up could touch, copied."""
     return dict(net={k: v.clone() for k, v in run.net.state_dict().items()},
                 state=[{id(p): {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()}
-                        for p, s in opt.state.items()} for opt in run.optimizers],
+                        for p, s in opt.state.items()} for opt in optimizers],
                 groups=[[{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
-                        for opt in run.optimizers])
+                        for opt in optimizers])
 
 
 def test_warm_up_restores_weights_buffers_optimiser_state_and_lrs_bit_for_bit(synthetic):
-    cfg = tiny_cfg(low_res=16, low_res_epochs=1, optimizer="muon")
-    run = make_run(cfg, synthetic)
-    x, y = next(iter(run.train_loader))
-    run.step(x, y)   # momentum buffers exist and BatchNorm has statistics: a non-trivial state
-    train._set_lrs(run.optimizers, cfg, 7, run.total_steps, run.whiten_steps)
-    for opt in run.optimizers:   # a step count, as Adam-like optimisers keep one
+    cfg = tiny_cfg(low_res=16, low_res_epochs=1, optimizer="muon", renorm_every=2, renorm_growth=15.0)
+    run, optimizers, train_loader = make_run(cfg, synthetic)
+    x, y = next(iter(train_loader))
+    run.forward(x, y)[0].backward()   # momentum buffers exist and BatchNorm has statistics: a non-trivial state
+    for opt in optimizers:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    train.set_lrs(optimizers, cfg, 7, 20, 10)
+    for opt in optimizers:   # a step count, as Adam-like optimisers keep one
         for p in opt.state:
             opt.state[p]["step"] = torch.tensor(3.0)
-    before = state_of(run)
+    clock = optimizers[-1].state_dict()["renorm_clock"]
+    before = state_of(run, optimizers)
     counts = [v for k, v in before["net"].items() if k.endswith("num_batches_tracked")]
     assert all(before["state"]) and counts and all(c == 1 for c in counts)
-    train._warm_up(run, (x, y))
-    after = state_of(run)
+    dev.warm_up(run, optimizers, [(x, y), (train.shrink(x, 16), y)])
+    assert optimizers[-1].state_dict()["renorm_clock"] == clock   # Muon's renormalisation clock too
+    after = state_of(run, optimizers)
     for name, tensor in before["net"].items():
         assert torch.equal(tensor, after["net"][name]), name
     for mine, theirs in zip(before["state"], after["state"]):
@@ -213,11 +224,11 @@ def test_warm_up_restores_weights_buffers_optimiser_state_and_lrs_bit_for_bit(sy
 
 def test_warm_up_really_steps_the_optimisers(synthetic, monkeypatch):
     # The optimisers' first kernels must load in the warm-up, not in the first timed step.
-    run = make_run(tiny_cfg(), synthetic)
+    run, optimizers, train_loader = make_run(tiny_cfg(), synthetic)
     steps = []
-    for opt in run.optimizers:
+    for opt in optimizers:
         monkeypatch.setattr(opt, "step", lambda *a, o=opt, real=opt.step: steps.append(type(o).__name__) or real())
-    train._warm_up(run, next(iter(run.train_loader)))
+    dev.warm_up(run, optimizers, [next(iter(train_loader))])
     assert sorted(set(steps)) == ["Muon", "SGD"] and len(steps) == 4   # two steps, two optimisers
 
 
@@ -226,14 +237,13 @@ def test_a_cuda_run_warms_up_compiled_or_not_and_trains_as_if_it_had_not(synthet
     assert dev.needs_warm_up(torch.device("cuda")) and not dev.needs_warm_up(torch.device("cpu"))
     cfg = tiny_cfg(seed=4, compile=compile, low_res=16, low_res_epochs=1)
     plain = train.train(cfg.replace(compile=False), synthetic, verbose=False)
-    # train() asks device.needs_warm_up about its device: give the answer it gets for a CUDA device.
-    monkeypatch.setattr(train, "needs_warm_up", lambda device: True)
+    # device.prepare asks needs_warm_up about the run's device: give the answer a CUDA device gets.
+    monkeypatch.setattr(dev, "needs_warm_up", lambda device: True)
     if compile:   # the CPU has no compile here: an eager-backend torch.compile stands in
-        monkeypatch.setattr(train, "maybe_compile", lambda net, enabled, device, mode:
-                            (torch.compile(net, backend="eager", dynamic=False), "compiled (eager backend)"))
+        eager_backend_compile(monkeypatch)
     warm_ups = []
-    real = train._warm_up
-    monkeypatch.setattr(train, "_warm_up", lambda run, batch: warm_ups.append(1) or real(run, batch))
+    real = dev.warm_up
+    monkeypatch.setattr(dev, "warm_up", lambda *args: warm_ups.append(1) or real(*args))
     warm = train.train(cfg, synthetic, verbose=False)
     assert warm_ups == [1] and warm.compile_seconds > 0
     cols = ["train_loss", "train_acc", "test_loss", "test_acc"]
@@ -242,12 +252,12 @@ def test_a_cuda_run_warms_up_compiled_or_not_and_trains_as_if_it_had_not(synthet
         assert torch.equal(a, b)
 
 
-def eager_backend_compile(monkeypatch):
-    """train() compiles only on CUDA; here its compile goes through compile_model with the `eager`
+def eager_backend_compile(monkeypatch, backend="eager"):
+    """train() compiles only on CUDA; here its compile goes through compile_run with the `eager`
     backend, which traces like the real one (same guards, same recompiles) but builds no kernels."""
-    monkeypatch.setattr(train, "maybe_compile", lambda net, enabled, device, mode:
-                        (dev.compile_model(net, backend="eager"), "compiled (eager backend)")
-                        if enabled else (net, "off"))
+    monkeypatch.setattr(train, "compile_choice", lambda enabled, device, mode:
+                        ("default", "compiled (eager backend)") if enabled else (None, "off"))
+    monkeypatch.setattr(train, "compile_run", partial(dev.compile_run, backend=backend))
 
 
 def net_with_trainable_bn_scales(cfg):
@@ -291,6 +301,57 @@ def test_a_compile_that_falls_back_to_eager_says_so(synthetic, monkeypatch):
     assert train.train(cfg, synthetic, verbose=False).compile_note == "compiled (eager backend)"
 
 
+def counting_backend(graphs: list):
+    """A torch.compile backend that keeps each graph it is given and runs it as traced."""
+    def backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+    return backend
+
+
+def computes(graph, op) -> bool:
+    return any(node.op == "call_function" and node.target is op for node in graph.graph.nodes)
+
+
+def test_step_scope_compiles_forward_and_loss_as_one_graph_per_image_size(synthetic, monkeypatch):
+    # hiverge's record compiles the forward pass with its loss as one `fullgraph` function. Two image
+    # sizes (progressive resizing): one graph each, recompiled without giving up.
+    torch._dynamo.reset()   # graphs cached by earlier tests would not reach the backend
+    graphs = []
+    eager_backend_compile(monkeypatch, backend=counting_backend(graphs))
+    cfg = tiny_cfg(compile=True, compile_scope="step", epochs=1, low_res=16, low_res_epochs=0.5,
+                   train_subset=400, test_subset=200, seed=12)
+    gave_up = dev.dynamo_gave_up()
+    result = train.train(cfg, synthetic, verbose=False)
+    assert result.compile_note == "compiled (eager backend), forward+loss as one graph"
+    assert dev.dynamo_gave_up() == gave_up
+    steps = [g for g in graphs if computes(g, torch.nn.functional.cross_entropy)]
+    assert len(steps) == 2 and all(computes(g, torch.conv2d) for g in steps)
+    inputs = [node.meta.get("example_value") for g in steps for node in g.graph.nodes if node.op == "placeholder"]
+    images = {tuple(t.shape) for t in inputs if torch.is_tensor(t) and t.dim() == 4 and t.shape[0] == cfg.batch_size}
+    assert images == {(100, 3, 16, 16), (100, 3, 32, 32)}
+
+
+def test_step_scope_trains_exactly_as_model_scope(synthetic, monkeypatch):
+    eager_backend_compile(monkeypatch)
+    cfg = tiny_cfg(compile=True, epochs=1, low_res=16, low_res_epochs=0.5, train_subset=400, test_subset=200,
+                   seed=13)
+    by_model = train.train(cfg, synthetic, verbose=False)
+    by_step = train.train(cfg.replace(compile_scope="step"), synthetic, verbose=False)
+    assert by_step.compile_note.endswith("forward+loss as one graph") and by_model.compile_note == "compiled (eager backend)"
+    cols = ["train_loss", "train_acc", "test_loss", "test_acc"]
+    assert by_model.history[cols].equals(by_step.history[cols]) and by_model.test_accuracy == by_step.test_accuracy
+    for a, b in zip(by_model.model.state_dict().values(), by_step.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_compile_scope_is_checked_and_record_compiles_the_step():
+    assert get_profile("record").compile_scope == "step"
+    assert get_profile("airbench").compile_scope == get_profile("seed").compile_scope == "model"
+    with pytest.raises(ValueError, match="TrainConfig.compile_scope"):
+        tiny_cfg(compile_scope="everything")
+
+
 class HostDeviceTraffic(TorchDispatchMode):
     """Records every operator that would make the host wait for a GPU: a copy between the host and
     the device (a synchronous copy waits for the queue), or a device value read on the host."""
@@ -317,18 +378,22 @@ def test_the_timed_loop_never_waits_for_the_host(synthetic):
     test_loader = loader.DeviceLoader(synthetic.test_images, synthetic.test_labels, 100, train=False,
                                       device=meta, **stats)
     net = model.make_net(cfg).to(meta).to(memory_format=torch.channels_last)
-    run = train._Run(cfg, net, net, optim.make_optimizers(net, cfg, torch.float32), train_loader, test_loader,
-                     meta, None, verbose=False)
-    traffic, start, stop = HostDeviceTraffic(), run.timer.start, run.timer.stop
+    optimizers = optim.make_optimizers(net, cfg, torch.float32)
+    plan = train.plan_steps(cfg, len(train_loader))
+    forward = partial(train.forward_loss, net, loss_fn=partial(optim.smoothed_cross_entropy, reduction="sum"),
+                      autocast=None)
+    timer = train.Timer(meta)
+    log = history.EpochLog(cfg, plan, test_loader, timer, None, verbose=False)
+    traffic, start, stop = HostDeviceTraffic(), timer.start, timer.stop
     with traffic:   # the mode sees what it is meant to see
         torch.arange(3).to(meta)
     assert len(traffic.seen) == 1
     traffic.seen.clear()
-    run.timer.start = lambda: (start(), traffic.__enter__())
-    run.timer.stop = lambda: (traffic.__exit__(None, None, None), stop())[1]
+    timer.start = lambda: (start(), traffic.__enter__())
+    timer.stop = lambda: (traffic.__exit__(None, None, None), stop())[1]
     with pytest.raises(RuntimeError, match="meta"):   # the epoch's summary reads the loss, after the clock
-        run._epoch(1, 0)
-    assert run.timer.total > 0 and traffic.seen == []
+        train.train_loop(cfg, plan, net, forward, net, optimizers, train_loader, timer, log)
+    assert timer.total > 0 and traffic.seen == []
 
 
 @pytest.mark.parametrize("gpu, line", [

@@ -160,14 +160,3 @@ def test_squeeze_excite_only_shrinks_what_it_gates():
     out = se(x, apply_to=y)
     assert out.shape == y.shape
     assert torch.all(out.abs() <= y.abs()) and torch.all(out * y >= 0)
-
-
-def test_run_flops_matches_the_published_airbench94_muon_figure():
-    # `airbench` is airbench94_muon's network and schedule: training plus its 6-view TTA is published as 0.29 PFLOPs.
-    airbench = M.run_flops(get_profile("airbench"))
-    assert abs(airbench["train_pflops"] + airbench["tta_pflops"] - 0.29) < 0.01
-    assert airbench["total_pflops"] > airbench["train_pflops"] + airbench["tta_pflops"]   # plus the per-epoch test passes
-    # progressive resizing: the first 2 of 4 epochs at 16 px cost about a quarter of the full-size epochs
-    small = M.run_flops(get_profile("airbench", epochs=4, low_res=16, low_res_epochs=2))
-    large = M.run_flops(get_profile("airbench", epochs=4))
-    assert 0.55 < small["train_pflops"] / large["train_pflops"] < 0.7

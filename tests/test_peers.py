@@ -232,7 +232,7 @@ def _steps(kind, code, monkeypatch, neutral=True, steps=6, half=False):
     g = torch.Generator().manual_seed(3)
     for step in range(steps):
         grads = {n: torch.randn(p.shape, generator=g).to(p.dtype) for n, p in names.items() if p.requires_grad}
-        mult = train._set_lrs(our_opts, cfg, step, total, whiten_steps)
+        mult = train.set_lrs(our_opts, cfg, step, total, whiten_steps)
         for i, group in enumerate(their_opts[0].param_groups + muon.param_groups):
             # their loop: the whitening bias (group 0) on its own clock, the rest linear to 0
             group["lr"] = group["initial_lr"] * (max(0.0, 1 - step / whiten_steps) if i == 0 else mult)

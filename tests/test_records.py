@@ -9,8 +9,10 @@ import pytest
 import torch
 
 import hlb_utils
-from hlb_utils import data, runs, train
+from hlb_utils import loader, runs, train
 from hlb_utils.config import get_profile
+
+from synthetic import synthetic_dataset
 
 TINY = dict(widths=(8, 16, 16), batch_size=100, epochs=2, tta="flip", eval_every=1, whiten_bias_epochs=1.0)
 
@@ -20,16 +22,17 @@ def tiny_cfg(**changes):
 
 
 def interrupt_epoch(monkeypatch, at_call: int) -> None:
-    """Ctrl-C arrives at the start of the `at_call`-th training epoch of the series (counted from 1)."""
-    calls, original = {"n": 0}, train._Run._epoch
+    """Ctrl-C arrives at the start of the `at_call`-th training epoch of the series (counted from 1),
+    while the training loader plans it."""
+    calls, original = {"n": 0}, loader.DeviceLoader.__iter__
 
-    def epoch(self, number, step):
-        calls["n"] += 1
-        if calls["n"] == at_call:
+    def epoch(self):
+        calls["n"] += self.train
+        if self.train and calls["n"] == at_call:
             raise KeyboardInterrupt
-        return original(self, number, step)
+        return original(self)
 
-    monkeypatch.setattr(train._Run, "_epoch", epoch)
+    monkeypatch.setattr(loader.DeviceLoader, "__iter__", epoch)
 
 
 def read_records(out):
@@ -145,7 +148,7 @@ def test_run_at_chance_says_so_in_its_final_line_and_record(synthetic, tmp_path,
 @pytest.mark.parametrize("net", ["record", "seed"])
 def test_heads_take_their_size_from_the_data(net):
     # A learner's own folder may hold any number of classes: 12 here, labels 0..11.
-    base = data.synthetic_dataset(n_train=600, n_test=120, seed=1)
+    base = synthetic_dataset(n_train=600, n_test=120, seed=1)
     twelve = base._replace(train_labels=torch.arange(600) % 12, test_labels=torch.arange(120) % 12,
                            classes=[f"class{i}" for i in range(12)])
     widths = (8, 16, 16) if net == "record" else (8, 16, 16, 16)

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from hlb_utils import config, evaluate, optim, runs, stats, train
+from hlb_utils import config, evaluate, history, loader, optim, runs, stats, train
+from hlb_utils import device as dev
 from hlb_utils.config import get_profile
-from hlb_utils.device import compile_model
 
 # A tiny config for the synthetic data: seconds, not minutes.
 TINY = dict(widths=(8, 16, 16), batch_size=100, epochs=2, tta="flip", eval_every=1, whiten_bias_epochs=1.0,
@@ -20,6 +20,27 @@ TINY = dict(widths=(8, 16, 16), batch_size=100, epochs=2, tta="flip", eval_every
 
 def tiny_cfg(**changes):
     return get_profile("quick", **{**TINY, **changes})
+
+
+def compile_on_the_cpu(monkeypatch, compile_model) -> None:
+    """train() compiles on CUDA only: give it the compile choice a GPU gets, and a stand-in for
+    `device.compile_model(model, mode, backend)`."""
+    monkeypatch.setattr(train, "compile_choice", lambda enabled, device, mode:
+                        (mode, f"compiled ({mode})") if enabled else (None, "off"))
+    monkeypatch.setattr(dev, "compile_model", compile_model)
+
+
+def fail_at_epoch(monkeypatch, at_call: int, error: BaseException) -> None:
+    """Raise `error` when the training loader is asked for its `at_call`-th epoch (counted from 1)."""
+    calls, original = {"n": 0}, loader.DeviceLoader.__iter__
+
+    def epoch(self):
+        calls["n"] += self.train
+        if self.train and calls["n"] == at_call:
+            raise error
+        return original(self)
+
+    monkeypatch.setattr(loader.DeviceLoader, "__iter__", epoch)
 
 
 def test_same_seed_same_history(synthetic):
@@ -151,11 +172,8 @@ def test_compile_warm_up_leaves_no_trace(synthetic, monkeypatch):
             calls["n"] += 1
             return self._orig_mod(x)
 
-    def fake_compile(net, enabled, device, mode):
-        return FakeCompiled(net), f"compiled ({mode})"
-
     plain = train.train(tiny_cfg(seed=5), synthetic, verbose=False)
-    monkeypatch.setattr(train, "maybe_compile", fake_compile)
+    compile_on_the_cpu(monkeypatch, lambda net, mode, backend="inductor": FakeCompiled(net))
     warm = train.train(tiny_cfg(seed=5, compile=True), synthetic, verbose=False)
     assert calls["n"] > 3 and warm.compile_note == "compiled (max-autotune)" and warm.compile_seconds > 0
     cols = ["train_loss", "train_acc", "test_loss", "test_acc"]
@@ -170,18 +188,21 @@ def test_real_compile_matches_eager_and_is_reused(synthetic, monkeypatch):
     # (minutes on 2 cores); a second run's new net reuses the compiled code.
     from torch._dynamo.utils import counters
 
-    monkeypatch.setattr(train, "maybe_compile",
-                        lambda net, enabled, device, mode: (compile_model(net), "compiled (cpu backend)"))
+    # the library's own compile_model, with the CPU backend
+    monkeypatch.setattr(train, "compile_choice", lambda enabled, device, mode:
+                        ("default", "compiled (cpu backend)") if enabled else (None, "off"))
     compiled_while_timed = []
-    timed_epoch = train._Run._epoch
 
-    def watched_epoch(self, epoch, step):
-        before = counters["stats"]["unique_graphs"]
-        result = timed_epoch(self, epoch, step)
-        compiled_while_timed.append(counters["stats"]["unique_graphs"] - before)
-        return result
+    class WatchedTimer(dev.Timer):   # graphs compiled between the clock's start and stop
+        def start(self):
+            self.graphs = counters["stats"]["unique_graphs"]
+            super().start()
 
-    monkeypatch.setattr(train._Run, "_epoch", watched_epoch)
+        def stop(self):
+            compiled_while_timed.append(counters["stats"]["unique_graphs"] - self.graphs)
+            return super().stop()
+
+    monkeypatch.setattr(train, "Timer", WatchedTimer)
     # progressive resizing: the first epoch at 16 px, so the run needs two training graphs
     cfg = tiny_cfg(tta="multi", compile=True, low_res=16, low_res_epochs=1)
     first = train.train(cfg.replace(seed=0), synthetic, verbose=False)
@@ -197,12 +218,12 @@ def test_real_compile_matches_eager_and_is_reused(synthetic, monkeypatch):
 
 
 def test_compile_failure_falls_back_to_eager(synthetic, monkeypatch):
-    def broken_compile(net, enabled, device, mode):
+    def broken_compile(net, mode, backend="inductor"):
         def compiled(x):
             raise RuntimeError("backend cannot build this graph")
-        return compiled, "compiled (default)"
+        return compiled
 
-    monkeypatch.setattr(train, "maybe_compile", broken_compile)
+    compile_on_the_cpu(monkeypatch, broken_compile)
     with pytest.warns(UserWarning, match="torch.compile failed on the first step"):
         res = train.train(tiny_cfg(compile=True, epochs=3), synthetic, verbose=False)
     assert res.compile_note.startswith("compile failed: RuntimeError")
@@ -210,21 +231,12 @@ def test_compile_failure_falls_back_to_eager(synthetic, monkeypatch):
 
 
 def test_nan_loss_is_caught_with_the_step(synthetic):
-    with pytest.raises(train.TrainingDiverged, match=r"at step 2; try a lower learning rate"):
+    with pytest.raises(history.TrainingDiverged, match=r"at step 2; try a lower learning rate"):
         train.train(tiny_cfg(optimizer="sgd"), synthetic, model=BlowsUp(), verbose=False)
 
 
 def test_interrupt_keeps_history(synthetic, monkeypatch):
-    calls = {"n": 0}
-    original = train._Run._epoch
-
-    def interrupted_epoch(self, epoch, step):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch, step)
-
-    monkeypatch.setattr(train._Run, "_epoch", interrupted_epoch)
+    fail_at_epoch(monkeypatch, 2, KeyboardInterrupt())
     res = train.train(tiny_cfg(epochs=3), synthetic, verbose=False)
     assert res.interrupted and len(res.history) == 1
 
@@ -298,12 +310,13 @@ def test_record_knobs_train_and_count_steps_as_the_record_does(synthetic):
     res = train.train(tiny_cfg(epochs=4, whiten_images=300, **knobs), synthetic, verbose=False)
     assert res.test_accuracy > 0.5   # chance is 0.1
     # the whitening bias trains for ceil(0.19 * 32) = 7 steps, as hiverge counts them
-    cfg = tiny_cfg(batch_size=31, whiten_bias_epochs=0.19)
-    loader, test = train.make_loaders(cfg, synthetic, "cpu")
-    net = train.make_net(cfg)
-    run = train._Run(cfg, net, net, optim.make_optimizers(net, cfg), loader, test, torch.device("cpu"), None, False)
-    assert len(loader) == 32 and run.whiten_steps == 7
-    assert run.optimizers[-1].total_steps == run.total_steps == 64
+    cfg = tiny_cfg(batch_size=31, whiten_bias_epochs=0.19, epochs=0.05)
+    train_loader, _ = train.make_loaders(cfg, synthetic, "cpu")
+    plan = train.plan_steps(cfg, len(train_loader))
+    assert len(train_loader) == 32 and plan.whiten == 7 and plan.total == 2
+    made = []
+    train.train(cfg, synthetic, verbose=False, make_optimizers=lambda net, c: made.extend(optim.make_optimizers(net, c)) or made)
+    assert isinstance(made[-1], optim.Muon) and made[-1].total_steps == plan.total
 
 
 def test_statistics_against_known_values():
@@ -351,10 +364,7 @@ def test_command_line_writes_summary(replica, tmp_path):
 
 
 def test_out_of_memory_names_a_smaller_batch(synthetic, monkeypatch):
-    def no_memory(self, epoch, step):
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
-
-    monkeypatch.setattr(train._Run, "_epoch", no_memory)
+    fail_at_epoch(monkeypatch, 1, torch.cuda.OutOfMemoryError("CUDA out of memory"))
     with pytest.raises(RuntimeError, match=r"batch_size=100.*batch_size=50"):
         train.train(tiny_cfg(), synthetic, verbose=False)
 

@@ -1,0 +1,105 @@
+"""A run's history as it trains: the bookkeeping that `train.train_loop` leaves to its edges.
+
+Every `train()` call uses it (notebooks 04 on show its tables); a learner reading the loop need not
+read it. `EpochLog` keeps each epoch's running loss and accuracy (on the
+device, so a GPU never waits), checks that the loss stays finite (every step on the CPU, where it is
+free; once an epoch on a GPU), shows the progress line, and makes one history row per epoch with its
+evaluation, outside the timer. `stops_cleanly` turns Ctrl-C into a run cut short that keeps its
+finished epochs, and a GPU out of memory into advice on the batch size.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import torch
+
+from .device import Timer, region
+from .evaluate import evaluate
+from .progress import LiveTable
+
+# The columns of a run's history and of its live table.
+COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "ema_acc", "tta_acc", "train_seconds"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite. `what` says where; `changes` are the config changes to try
+    next (a lower lr), so that the command line can give the same advice as `--set` options."""
+
+    def __init__(self, what: str, changes: dict) -> None:
+        self.what, self.changes = what, dict(changes)
+        args = ", ".join(f"{key}={value!r}" for key, value in self.changes.items())
+        super().__init__(f"{what}; try a lower learning rate, e.g. cfg.replace({args})")
+
+
+@contextmanager
+def stops_cleanly(cfg, timer: Timer, log: "EpochLog"):
+    """Ctrl-C (or SIGTERM, which the command line turns into it) ends the loop but keeps the finished
+    epochs; running out of GPU memory names a smaller batch."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        timer.stop_if_running()
+        log.interrupted = True
+        print(f"\ninterrupted: kept the history of {len(log.history)} finished epoch(s)")
+    except torch.cuda.OutOfMemoryError as err:
+        raise RuntimeError(f"CUDA ran out of memory at batch_size={cfg.batch_size}; try "
+                           f"cfg.replace(batch_size={max(1, cfg.batch_size // 2)})") from err
+
+
+class EpochLog:
+    """The loop's bookkeeping, out of its way: each epoch's running loss and accuracy, the check that
+    the loss stays finite, the progress line, and one history row per epoch (with its evaluation)."""
+
+    def __init__(self, cfg, plan, test_loader, timer: Timer, autocast, verbose: bool) -> None:
+        self.cfg, self.plan, self.test_loader, self.timer, self.autocast = cfg, plan, test_loader, timer, autocast
+        self.device = timer.device
+        self.history, self.interrupted = [], False
+        self.table = LiveTable(COLUMNS, enabled=verbose)
+        self._new_epoch()
+
+    def _new_epoch(self) -> None:
+        # device tensors: adding to them never makes the host wait for a GPU
+        self.loss = torch.zeros((), device=self.device)
+        self.correct = torch.zeros((), device=self.device, dtype=torch.long)
+        self.seen = 0
+
+    def step(self, loss, logits, y, step: int) -> None:
+        self.loss += loss.detach()
+        self.correct += (logits.detach().argmax(1) == y).sum()
+        self.seen += len(y)
+        if self.device.type == "cpu":
+            # On the CPU a per-step check is free; on a GPU it would stall the queue, so there the
+            # epoch's summed loss is checked once, at its end.
+            self._check_finite(loss, f"at step {step}")
+            epoch, done = divmod(step, self.plan.steps_per_epoch)
+            self.table.status(f"epoch {epoch + 1}: step {done + 1}/{self.plan.steps_per_epoch}",
+                              (done + 1) / self.plan.steps_per_epoch)
+
+    def epoch(self, epoch: int, step: int, lr: float, model, ema) -> None:
+        loss = self.loss.item()
+        self._check_finite(self.loss, f"in the epoch ending at step {step}")
+        every, seen = self.cfg.eval_every, max(self.seen, 1)
+        row = dict(epoch=epoch, train_loss=loss / seen, train_acc=self.correct.item() / seen,
+                   test_loss=math.nan, test_acc=math.nan, ema_acc=math.nan, tta_acc=math.nan,
+                   train_seconds=self.timer.total, lr=lr)
+        if epoch == self.plan.epochs or (every and epoch % every == 0):
+            with region("hlb:evaluate"):
+                res = evaluate(model, self.test_loader, autocast_dtype=self.autocast)
+                row.update(test_loss=res["loss"], test_acc=res["acc"])
+                if ema is not None:
+                    row["ema_acc"] = evaluate(ema.model, self.test_loader, autocast_dtype=self.autocast)["acc"]
+        self.history.append(row)
+        self.table.add(row)
+        self._new_epoch()
+
+    def final(self, acc: float) -> None:
+        """The final accuracy (with TTA) goes into the last row."""
+        if self.history:
+            self.history[-1]["tta_acc"] = acc
+            self.table.update_last(self.history[-1])
+
+    def _check_finite(self, loss, where: str) -> None:
+        if not math.isfinite(loss.item()):
+            raise TrainingDiverged(f"the loss became {loss.item()} {where}",
+                                   {"lr": float(f"{self.cfg.lr / 2:.3g}")})
