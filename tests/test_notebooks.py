@@ -311,7 +311,7 @@ CONFIG_CHANGES = {
         _check_00),
     "01_data_pipeline": Change(
         lambda src: _set_lines(src, {"SHOW": "4"}) + "\ncfg = cfg.replace(batch_size=100)",
-        ("alternating_flip_mask(base", "image_grid(torch.cat([sample, mirrored", "pad_reflect(sample",
+        ("alternating_flip_mask(base", "image_grid(torch.cat([sample, mirrored", "checksum of the shifted images",
          "cutout(sample", "print(loader)", "results_table"),
         _json("dict(grid=len(sample), batch=[int(x.shape[0]), loader.batch_size], flip_columns=len(base))"),
         _check_01),
