@@ -87,8 +87,12 @@ def test_mixed_precision_path_learns(synthetic):
 def test_user_model_trains(synthetic):
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
-    res = train.train(tiny_cfg(optimizer="sgd", lr=0.01, head_lr=0.01), synthetic, model=net, verbose=False)
+    before = net[0].weight.detach().clone()
+    # airbench94's SGD lr, per 1024 examples (config.sgd_lr_scale converts it)
+    res = train.train(tiny_cfg(optimizer="sgd", lr=11.5, head_lr=11.5), synthetic, model=net, verbose=False)
     assert res.model is net and len(res.history) == 2
+    assert res.history["train_loss"].notna().all()
+    assert (net[0].weight.detach() - before).abs().max() > 1e-3   # the learner's net is the one trained
 
 
 def test_learners_loss_is_the_one_trained_on(synthetic):
