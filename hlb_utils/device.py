@@ -14,7 +14,7 @@ import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, ContextManager
+from typing import Callable, ContextManager, Sequence
 
 import torch
 from torch import nn
@@ -267,10 +267,12 @@ def compile_run(net: nn.Module, forward_loss: Callable, mode: str | None, scope:
 
 
 def prepare(run: CompiledRun, optimizers: list, batches: Callable[[], list], device: torch.device,
-            autocast: torch.dtype | None = None) -> tuple[CompiledRun, float]:
+            autocast: torch.dtype | None = None, stopping: Sequence[torch.Tensor] = ()
+            ) -> tuple[CompiledRun, float]:
     """Warm up where it pays (every CUDA run, every compiled one); returns the run and its seconds.
 
-    `batches()` gives one (images, labels) batch per image size the run will train at. Compilation
+    `batches()` gives one (images, labels) batch per image size the run will train at; `stopping`, the
+    parameters whose gradient the run switches off part-way (the whitening bias). Compilation
     is lazy: a backend that cannot build the graphs fails here, and the run goes on uncompiled
     (warmed up again, uncompiled, on a GPU), its note saying so.
     """
@@ -278,7 +280,7 @@ def prepare(run: CompiledRun, optimizers: list, batches: Callable[[], list], dev
     if not compiled and not needs_warm_up(device):
         return run, 0.0
     try:
-        return run, warm_up(run, optimizers, batches(), autocast)
+        return run, warm_up(run, optimizers, batches(), autocast, stopping)
     except Exception as err:
         if not compiled or isinstance(err, torch.cuda.OutOfMemoryError):
             raise
@@ -286,21 +288,25 @@ def prepare(run: CompiledRun, optimizers: list, batches: Callable[[], list], dev
         warnings.warn(f"torch.compile failed on the first step ({type(err).__name__}: {first}); training uncompiled")
         plain = compile_run(run.net, run.forward_loss, None,
                             note=f"compile failed: {type(err).__name__}; trained uncompiled")
-        return prepare(plain, optimizers, batches, device, autocast)
+        return prepare(plain, optimizers, batches, device, autocast, stopping)
 
 
-def warm_up(run: CompiledRun, optimizers: list, batches: list, autocast: torch.dtype | None = None) -> float:
+def warm_up(run: CompiledRun, optimizers: list, batches: list, autocast: torch.dtype | None = None,
+            stopping: Sequence[torch.Tensor] = ()) -> float:
     """Pay the one-off costs before the clock starts: compilation, cuDNN's search for the fastest
     algorithms, the lazy loading of kernels (the optimisers' too). Two real training steps at each
-    image size and one evaluation-mode call, then every weight, buffer, optimiser state and lr is put
-    back, so the run trains exactly as if none of this had happened. Returns the seconds it took."""
+    image size, the second without a gradient for `stopping` (each is its own graph), and one
+    evaluation-mode call; then every weight, buffer, optimiser state and lr is put back, so the run
+    trains exactly as if none of this had happened. Returns the seconds it took."""
     net = run.net
     saved = dict(net={k: v.clone() for k, v in net.state_dict().items()},
                  optimizers=[copy.deepcopy(opt.state_dict()) for opt in optimizers])
     start = time.perf_counter()
     try:
         for x, y in batches:
-            for _ in range(2):
+            for step in range(2):
+                for p in stopping:
+                    p.requires_grad_(step == 0)
                 loss, _ = run.forward(x, y)
                 loss.backward()
                 for opt in optimizers:
@@ -311,6 +317,8 @@ def warm_up(run: CompiledRun, optimizers: list, batches: list, autocast: torch.d
             run.model(x)
         synchronize(x.device)
     finally:
+        for p in stopping:
+            p.requires_grad_(True)
         net.train()
         net.load_state_dict(saved["net"])
         for opt, state in zip(optimizers, saved["optimizers"]):

@@ -95,16 +95,18 @@ def evaluate(net: nn.Module | callable, loader, tta: str = "none", autocast_dtyp
     if hasattr(module, "eval"):
         module.eval()
     total_loss, correct, count = 0.0, 0, 0
-    # selective TTA ranks the whole test set at once, so it sees all batches together
-    batches = loader
+    # selective TTA ranks the whole test set at once, so it sees all batches together (and runs the
+    # network on pieces of the loader's batch size)
+    batches, chunk = loader, None
     if tta == "selective":
         pairs = list(loader)
         batches = [(torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs]))] if pairs else []
+        chunk = len(pairs[0][1]) if pairs else None
     try:
         for x, y in batches:
             ctx = torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
             with ctx:
-                logits = selective_logits(net, x) if tta == "selective" else tta_logits(net, x, tta)
+                logits = selective_logits(net, x, chunk=chunk) if tta == "selective" else tta_logits(net, x, tta)
             total_loss += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(1) == y).sum().item()
             count += y.numel()

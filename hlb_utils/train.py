@@ -84,8 +84,9 @@ def make_loaders(cfg: TrainConfig, data, device, dtype=torch.float32, channels_l
     train = DeviceLoader(train_x, train_y, cfg.batch_size, train=True, device=device, dtype=dtype,
                          channels_last=channels_last, flip=cfg.flip, translate=cfg.translate,
                          cutout=cfg.cutout, brightness=cfg.brightness, contrast=cfg.contrast, seed=cfg.seed)
-    # 2000 test images per batch on a GPU and 1000 on the CPU keep evaluation memory small.
-    eval_batch = 2000 if device.type == "cuda" else 1000
+    # 2000 test images per batch keep a GPU's evaluation memory small; on the CPU, batches of 250 run
+    # faster per image than larger ones (benchmarks/NOTES.md).
+    eval_batch = 2000 if device.type == "cuda" else 250
     test = DeviceLoader(test_x, test_y, eval_batch, train=False, device=device, dtype=dtype,
                         channels_last=channels_last, mean=train.mean, std=train.std, flip="none")
     return train, test
@@ -119,15 +120,29 @@ def plan_steps(cfg: TrainConfig, steps_per_epoch: int) -> Plan:
 
 
 def set_lrs(optimizers, cfg: TrainConfig, step: int, total: int, whiten_steps: int) -> float:
-    """Scale every group's initial lr by the schedule; the whitening bias decays to 0 on its own clock."""
+    """Scale every group's initial lr by the schedule; the whitening bias decays to 0 on its own clock.
+
+    Once its lr is 0 the whitening bias gets no gradient either (as in airbench94 and hiverge's record):
+    nothing before the first conv group then needs one, so the backward pass stops there. The weights
+    come out the same; the steps are cheaper, most of all on small images. `train()` switches the
+    gradient back on at the end."""
     mult = lr_multiplier(cfg, step, total)
     for opt in optimizers:
         for group in opt.param_groups:
             if group.get("name") == "whiten_bias":
-                group["lr"] = group["initial_lr"] * max(0.0, 1 - step / whiten_steps) if whiten_steps else 0.0
+                trains = step < whiten_steps
+                group["lr"] = group["initial_lr"] * (1 - step / whiten_steps) if trains else 0.0
+                for p in group["params"]:
+                    p.requires_grad_(trains)
             else:
                 group["lr"] = group["initial_lr"] * mult
     return mult
+
+
+def whitening_bias(optimizers) -> list[torch.Tensor]:
+    """The parameters of the groups named 'whiten_bias', whose gradient `set_lrs` stops part-way."""
+    return [p for opt in optimizers for group in opt.param_groups if group.get("name") == "whiten_bias"
+            for p in group["params"]]
 
 
 def forward_loss(model: Callable, x: torch.Tensor, y: torch.Tensor, *, loss_fn: LossFn,
@@ -158,7 +173,7 @@ def train_loop(cfg: TrainConfig, plan: Plan, net: nn.Module, forward: Callable, 
                 for x, y in batches:
                     if step == plan.total:
                         break
-                    lr = set_lrs(optimizers, cfg, step, plan.total, plan.whiten)
+                    lr = set_lrs(optimizers, cfg, step, plan.total, plan.whiten)   # (and stops the whitening bias)
                     if step < plan.low_res:
                         x = shrink(x, cfg.low_res)
                     loss, logits = forward(x, y)
@@ -221,14 +236,20 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
     mode, note = compile_choice(cfg.compile, device, cfg.compile_mode)
     run = compile_run(net, partial(forward_loss, loss_fn=loss_fn, autocast=autocast), mode, cfg.compile_scope, note)
     gave_up = dynamo_gave_up()
-    run, compile_seconds = prepare(run, optimizers, partial(_first_batches, train_loader, cfg, plan), device, autocast)
+    stopping = whitening_bias(optimizers)
+    run, compile_seconds = prepare(run, optimizers, partial(_first_batches, train_loader, cfg, plan), device, autocast,
+                                   stopping)
     if verbose and run.note != "off":
         print(f"torch.compile: {run.note}" + (f" ({compile_seconds:.1f} s warm-up, not timed)"
                                                if compile_seconds else ""))
 
     timer = Timer(device)
     log = EpochLog(cfg, plan, test_loader, timer, autocast, verbose)
-    ema = train_loop(cfg, plan, net, run.forward, run.model, optimizers, train_loader, timer, log)
+    try:
+        ema = train_loop(cfg, plan, net, run.forward, run.model, optimizers, train_loader, timer, log)
+    finally:
+        for p in stopping:   # the net leaves as it came: a learner's net trains again as before
+            p.requires_grad_(True)
     tta_start = time.perf_counter()
     acc = math.nan
     if not log.interrupted or log.history:

@@ -315,18 +315,31 @@ def computes(graph, op) -> bool:
 
 def test_step_scope_compiles_forward_and_loss_as_one_graph_per_image_size(synthetic, monkeypatch):
     # hiverge's record compiles the forward pass with its loss as one `fullgraph` function. Two image
-    # sizes (progressive resizing): one graph each, recompiled without giving up.
+    # sizes (progressive resizing), each with and without the whitening bias's gradient: four graphs,
+    # all built in the warm-up, recompiled without giving up.
     torch._dynamo.reset()   # graphs cached by earlier tests would not reach the backend
-    graphs = []
+    graphs, timed = [], []
     eager_backend_compile(monkeypatch, backend=counting_backend(graphs))
+
+    class WatchedTimer(dev.Timer):   # graphs built while the clock runs
+        def start(self):
+            self.before = len(graphs)
+            super().start()
+
+        def stop(self):
+            timed.append(len(graphs) - self.before)
+            return super().stop()
+
+    monkeypatch.setattr(train, "Timer", WatchedTimer)
     cfg = tiny_cfg(compile=True, compile_scope="step", epochs=1, low_res=16, low_res_epochs=0.5,
-                   train_subset=400, test_subset=200, seed=12)
+                   whiten_bias_epochs=0.25, train_subset=400, test_subset=200, seed=12)
     gave_up = dev.dynamo_gave_up()
     result = train.train(cfg, synthetic, verbose=False)
     assert result.compile_note == "compiled (eager backend), forward+loss as one graph"
     assert dev.dynamo_gave_up() == gave_up
+    assert timed == [0]
     steps = [g for g in graphs if computes(g, torch.nn.functional.cross_entropy)]
-    assert len(steps) == 2 and all(computes(g, torch.conv2d) for g in steps)
+    assert len(steps) == 4 and all(computes(g, torch.conv2d) for g in steps)
     inputs = [node.meta.get("example_value") for g in steps for node in g.graph.nodes if node.op == "placeholder"]
     images = {tuple(t.shape) for t in inputs if torch.is_tensor(t) and t.dim() == 4 and t.shape[0] == cfg.batch_size}
     assert images == {(100, 3, 16, 16), (100, 3, 32, 32)}

@@ -144,6 +144,43 @@ def test_learners_optimiser_factory_is_used_and_scheduled(synthetic):
     assert res.test_accuracy > 0.3   # chance is 0.1
 
 
+def test_whitening_bias_gradient_stops_with_its_training(synthetic, monkeypatch):
+    # Once the whitening bias's lr reaches 0 it gets no gradient, so the backward pass ends at the first
+    # conv group: the weights come out bit for bit as when the gradient is kept (the lr-0 steps move
+    # nothing), the stem's backward runs only during the bias's training steps, and the net leaves
+    # with the bias trainable again.
+    from hlb_utils.model import make_net
+
+    cfg = tiny_cfg(epochs=2, whiten_bias_epochs=0.5, train_subset=400)   # 4 steps an epoch, the bias trains 2
+    plan = train.plan_steps(cfg, 4)
+    stem_backwards = []
+
+    def count_stem_backwards(net):
+        net.whiten.bias.register_hook(lambda grad: stem_backwards.append(1))
+        return net
+
+    stopped = count_stem_backwards(make_net(cfg))
+    torch.manual_seed(cfg.seed)   # the same initial weights twice
+    stopped.load_state_dict(make_net(cfg).state_dict())
+    reference = make_net(cfg)
+    reference.load_state_dict(stopped.state_dict())
+    train.train(cfg, synthetic, model=stopped, verbose=False)
+    assert len(stem_backwards) == plan.whiten == 2
+    assert stopped.whiten.bias.requires_grad
+
+    def keeps_its_gradient(optimizers, cfg, step, total, whiten_steps):   # the schedule without the stop
+        mult = set_lrs(optimizers, cfg, step, total, whiten_steps)
+        for p in train.whitening_bias(optimizers):
+            p.requires_grad_(True)
+        return mult
+
+    set_lrs = train.set_lrs
+    monkeypatch.setattr(train, "set_lrs", keeps_its_gradient)
+    train.train(cfg, synthetic, model=reference, verbose=False)
+    for (name, a), b in zip(stopped.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 def test_seed_net_and_ema(synthetic):
     cfg = get_profile("seed", widths=(8, 16, 16, 16), batch_size=100, epochs=2, ema_epochs=1)
     res = train.train(cfg, synthetic, verbose=False)
