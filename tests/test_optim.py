@@ -103,7 +103,7 @@ def test_muon_step_is_nesterov_momentum_then_orthogonalise_then_rescale():
         opt.step()
         for i, g in enumerate(grads):
             bufs[i] = momentum * bufs[i] + g
-            update = reference_newton_schulz((g + momentum * bufs[i]).reshape(len(g), -1), 3).reshape(g.shape)
+            update = singular_value_oracle((g + momentum * bufs[i]).reshape(len(g), -1), 3).reshape(g.shape)
             weights[i] = weights[i] * math.sqrt(len(g)) / weights[i].norm() - lr * update
     for p, w in zip(params, weights):
         assert torch.allclose(p.detach(), w, atol=1e-10)
