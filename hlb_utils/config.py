@@ -23,7 +23,7 @@ TTA_MODES = ("none", "flip", "multi", "selective")      # evaluate.tta_logits
 DTYPES = ("bf16", "fp16", "fp32")                       # device.pick_dtype
 WEIGHTS = ("fp32", "half")                              # device.pick_dtype: fp32 under autocast, or the net in half
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")   # torch.compile
-COMPILE_SCOPES = ("model", "step")                      # device.compile_run: the model, or forward + loss as one graph
+COMPILE_SCOPES = ("model", "step")                      # compiling.compile_run: the model, or forward + loss as one graph
 # Quintic Newton-Schulz coefficients of airbench94_muon (optim.newton_schulz's default)
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 

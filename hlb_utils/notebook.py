@@ -75,11 +75,11 @@ def colab_badge(notebook_name: str) -> str:
 
 def _machine_lines(profile: str) -> dict:
     """What a run of this profile will use here: device, precision and compile mode."""
-    from hlb_utils import config, device
+    from hlb_utils import compiling, config, device
 
     cfg = config.get_profile(profile)
     found = device.pick_device(cfg.device)
-    _, compile_note = device.compile_choice(cfg.compile, found, cfg.compile_mode)
+    _, compile_note = compiling.compile_choice(cfg.compile, found, cfg.compile_mode)
     return {"device": device.describe(found),
             "precision": device.dtype_name(device.pick_dtype(found, cfg.dtype, cfg.weights)),
             "compile": compile_note.replace("compiled (", "compile (")}

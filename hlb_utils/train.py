@@ -8,7 +8,7 @@ augmentation and compilation are measured apart and reported on their own.
 
 `train_loop` is the loop itself, on one screen; what can go wrong (a diverging loss, Ctrl-C, GPU memory)
 and what is recorded (the history, the progress line) sit at its edges, in history.py, and compiling,
-the warm-up before the clock and the fallback to eager live in device.py.
+the warm-up before the clock and the fallback to eager live in compiling.py.
 
 Command line (for headless runs and the GPU benchmark), in hlb_utils/cli.py:
     python -m hlb_utils train --profile quick --runs 2 --data PATH --out runs/quick
@@ -31,8 +31,8 @@ from torch import nn
 from . import data as data_mod
 from . import optim as optim_mod
 from .config import TrainConfig, get_profile
-from .device import (Timer, check_compiled, compile_choice, compile_run, device_name, dtype_name, dynamo_gave_up,
-                     mixed_precision, pick_device, pick_dtype, prepare, region, use_channels_last)
+from .compiling import check_compiled, compile_choice, compile_run, dynamo_gave_up, prepare
+from .device import Timer, device_name, dtype_name, mixed_precision, pick_device, pick_dtype, region, use_channels_last
 from .evaluate import evaluate, memory_format_of
 from .loader import DeviceLoader
 from .model import init_whitening, make_net

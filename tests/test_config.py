@@ -19,6 +19,7 @@ import pytest
 import torch
 from torch import nn
 
+from hlb_utils import compiling as Co
 from hlb_utils import config as C
 from hlb_utils import device as D
 from hlb_utils import evaluate as E
@@ -71,7 +72,7 @@ def test_precisions_agree():
 
 
 def test_compile_modes_agree_with_the_module_and_with_torch(monkeypatch):
-    assert set(D.COMPILE_MODES) == set(C.COMPILE_MODES)
+    assert set(Co.COMPILE_MODES) == set(C.COMPILE_MODES)
     from torch import _inductor
 
     # A large GPU with Triton, simulated: every allowed mode is the one compile_choice picks.
@@ -80,7 +81,7 @@ def test_compile_modes_agree_with_the_module_and_with_torch(monkeypatch):
         multi_processor_count=132))
     for mode in C.COMPILE_MODES:
         _inductor.list_mode_options(mode)   # torch refuses a mode it does not know
-        assert D.compile_choice(True, torch.device("cuda"), mode)[0] == mode
+        assert Co.compile_choice(True, torch.device("cuda"), mode)[0] == mode
 
 
 def test_newton_schulz_coefficients_agree():

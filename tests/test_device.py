@@ -11,6 +11,7 @@ import types
 import pytest
 import torch
 
+from hlb_utils import compiling as comp
 from hlb_utils import device as dev
 
 # The arch lists of two torch 2.x wheels: CUDA 13.0 (no V100 kernels) and CUDA 12.6.
@@ -61,13 +62,13 @@ def test_compile_mode_follows_the_sm_count(monkeypatch, gpu, expected):
     simulate_gpu(monkeypatch, gpu)
     monkeypatch.setitem(sys.modules, "triton", types.ModuleType("triton"))   # whether installed or not
     compiled = []
-    monkeypatch.setattr(dev, "compile_model", lambda model, mode, backend="inductor": compiled.append(mode) or model)
+    monkeypatch.setattr(comp, "compile_model", lambda model, mode, backend="inductor": compiled.append(mode) or model)
     net = torch.nn.Linear(2, 2)
-    mode, note = dev.compile_choice(True, torch.device("cuda"), "max-autotune")
-    run = dev.compile_run(net, lambda model, x, y: (model(x).sum(), model(x)), mode, note=note)
+    mode, note = comp.compile_choice(True, torch.device("cuda"), "max-autotune")
+    run = comp.compile_run(net, lambda model, x, y: (model(x).sum(), model(x)), mode, note=note)
     assert compiled == [expected] and run.note == note == f"compiled ({expected})"
-    assert dev.compile_choice(True, torch.device("cpu"))[1].startswith("compile skipped on cpu")
-    plain = dev.compile_run(net, lambda model, x, y: (model(x).sum(), model(x)), None)
+    assert comp.compile_choice(True, torch.device("cpu"))[1].startswith("compile skipped on cpu")
+    plain = comp.compile_run(net, lambda model, x, y: (model(x).sum(), model(x)), None)
     assert plain.model is net and plain.note == "off" and len(compiled) == 1
 
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from hlb_utils import compiling as comp
 from hlb_utils import device as dev
 from hlb_utils import data, history, loader, model, notebook, optim, runs, train
 from hlb_utils.config import get_profile
@@ -181,7 +182,7 @@ def make_run(cfg, data):
         opt.total_steps = plan.total
     forward_loss = partial(train.forward_loss, loss_fn=partial(optim.smoothed_cross_entropy, reduction="sum"),
                            autocast=None)
-    return dev.compile_run(net, forward_loss, None), optimizers, train_loader
+    return comp.compile_run(net, forward_loss, None), optimizers, train_loader
 
 
 def state_of(run, optimizers) -> dict:
@@ -209,7 +210,7 @@ def test_warm_up_restores_weights_buffers_optimiser_state_and_lrs_bit_for_bit(sy
     before = state_of(run, optimizers)
     counts = [v for k, v in before["net"].items() if k.endswith("num_batches_tracked")]
     assert all(before["state"]) and counts and all(c == 1 for c in counts)
-    dev.warm_up(run, optimizers, [(x, y), (train.shrink(x, 16), y)])
+    comp.warm_up(run, optimizers, [(x, y), (train.shrink(x, 16), y)])
     assert optimizers[-1].state_dict()["renorm_clock"] == clock   # Muon's renormalisation clock too
     after = state_of(run, optimizers)
     for name, tensor in before["net"].items():
@@ -228,22 +229,22 @@ def test_warm_up_really_steps_the_optimisers(synthetic, monkeypatch):
     steps = []
     for opt in optimizers:
         monkeypatch.setattr(opt, "step", lambda *a, o=opt, real=opt.step: steps.append(type(o).__name__) or real())
-    dev.warm_up(run, optimizers, [next(iter(train_loader))])
+    comp.warm_up(run, optimizers, [next(iter(train_loader))])
     assert sorted(set(steps)) == ["Muon", "SGD"] and len(steps) == 4   # two steps, two optimisers
 
 
 @pytest.mark.parametrize("compile", [False, True])
 def test_a_cuda_run_warms_up_compiled_or_not_and_trains_as_if_it_had_not(synthetic, monkeypatch, compile):
-    assert dev.needs_warm_up(torch.device("cuda")) and not dev.needs_warm_up(torch.device("cpu"))
+    assert comp.needs_warm_up(torch.device("cuda")) and not comp.needs_warm_up(torch.device("cpu"))
     cfg = tiny_cfg(seed=4, compile=compile, low_res=16, low_res_epochs=1)
     plain = train.train(cfg.replace(compile=False), synthetic, verbose=False)
-    # device.prepare asks needs_warm_up about the run's device: give the answer a CUDA device gets.
-    monkeypatch.setattr(dev, "needs_warm_up", lambda device: True)
+    # compiling.prepare asks needs_warm_up about the run's device: give the answer a CUDA device gets.
+    monkeypatch.setattr(comp, "needs_warm_up", lambda device: True)
     if compile:   # the CPU has no compile here: an eager-backend torch.compile stands in
         eager_backend_compile(monkeypatch)
     warm_ups = []
-    real = dev.warm_up
-    monkeypatch.setattr(dev, "warm_up", lambda *args: warm_ups.append(1) or real(*args))
+    real = comp.warm_up
+    monkeypatch.setattr(comp, "warm_up", lambda *args: warm_ups.append(1) or real(*args))
     warm = train.train(cfg, synthetic, verbose=False)
     assert warm_ups == [1] and warm.compile_seconds > 0
     cols = ["train_loss", "train_acc", "test_loss", "test_acc"]
@@ -257,7 +258,7 @@ def eager_backend_compile(monkeypatch, backend="eager"):
     backend, which traces like the real one (same guards, same recompiles) but builds no kernels."""
     monkeypatch.setattr(train, "compile_choice", lambda enabled, device, mode:
                         ("default", "compiled (eager backend)") if enabled else (None, "off"))
-    monkeypatch.setattr(train, "compile_run", partial(dev.compile_run, backend=backend))
+    monkeypatch.setattr(train, "compile_run", partial(comp.compile_run, backend=backend))
 
 
 def net_with_trainable_bn_scales(cfg):
@@ -279,17 +280,17 @@ def test_the_ablations_configs_all_stay_compiled_in_one_process(synthetic, monke
     rows = [(base, None), (base.replace(dtype="fp32"), None), (base.replace(channels_last="off"), None),
             (base, net_with_trainable_bn_scales), (base.replace(net="seed", widths=(8, 8, 16, 16)), None),
             (base.replace(flip="random"), None), (base.replace(low_res=0), None)]
-    gave_up = dev.dynamo_gave_up()
+    gave_up = comp.dynamo_gave_up()
     for cfg, make in rows:
         result = train.train(cfg, synthetic, model=make(cfg) if make else None, verbose=False)
         assert result.compile_note == "compiled (eager backend)", cfg
-    assert dev.dynamo_gave_up() == gave_up
+    assert comp.dynamo_gave_up() == gave_up
 
 
 def test_a_compile_that_falls_back_to_eager_says_so(synthetic, monkeypatch):
     # Forced: a budget of one compiled variant, and a run that needs more (two image sizes, evaluation).
     eager_backend_compile(monkeypatch)
-    monkeypatch.setattr(dev, "RECOMPILE_LIMIT", 1)
+    monkeypatch.setattr(comp, "RECOMPILE_LIMIT", 1)
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     cfg = tiny_cfg(compile=True, epochs=1, low_res=16, low_res_epochs=0.5, seed=11)
     with pytest.warns(UserWarning, match="gave up part-way"):
@@ -297,7 +298,7 @@ def test_a_compile_that_falls_back_to_eager_says_so(synthetic, monkeypatch):
     assert result.compile_note == "compiled (eager backend); fell back to eager part-way"
     # the next compile starts afresh instead of inheriting the exhausted budget
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
-    monkeypatch.setattr(dev, "RECOMPILE_LIMIT", 64)
+    monkeypatch.setattr(comp, "RECOMPILE_LIMIT", 64)
     assert train.train(cfg, synthetic, verbose=False).compile_note == "compiled (eager backend)"
 
 
@@ -333,10 +334,10 @@ def test_step_scope_compiles_forward_and_loss_as_one_graph_per_image_size(synthe
     monkeypatch.setattr(train, "Timer", WatchedTimer)
     cfg = tiny_cfg(compile=True, compile_scope="step", epochs=1, low_res=16, low_res_epochs=0.5,
                    whiten_bias_epochs=0.25, train_subset=400, test_subset=200, seed=12)
-    gave_up = dev.dynamo_gave_up()
+    gave_up = comp.dynamo_gave_up()
     result = train.train(cfg, synthetic, verbose=False)
     assert result.compile_note == "compiled (eager backend), forward+loss as one graph"
-    assert dev.dynamo_gave_up() == gave_up
+    assert comp.dynamo_gave_up() == gave_up
     assert timed == [0]
     steps = [g for g in graphs if computes(g, torch.nn.functional.cross_entropy)]
     assert len(steps) == 4 and all(computes(g, torch.conv2d) for g in steps)

@@ -52,6 +52,6 @@ def test_shown_code_is_public_and_plain(stem, name):
 
 def test_the_check_catches_a_guard_and_a_private_helper():
     # The check itself must be able to fail: the pieces the notebooks stopped showing have these.
-    assert DEFENSIVE.findall(code_of(hu.device.prepare)) == ["try:", "except", "raise", "warnings.warn"]
+    assert DEFENSIVE.findall(code_of(hu.compiling.prepare)) == ["try:", "except", "raise", "warnings.warn"]
     assert DEFENSIVE.findall(code_of(hu.loader.normalize)) == ["_check_uint8("]
     assert not DEFENSIVE.search(code_of(hu.model.BatchNorm))   # super().__init__( is no private helper

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from hlb_utils import config, evaluate, history, loader, optim, runs, stats, train
+from hlb_utils import compiling as comp
 from hlb_utils import device as dev
 from hlb_utils.config import get_profile
 
@@ -24,10 +25,10 @@ def tiny_cfg(**changes):
 
 def compile_on_the_cpu(monkeypatch, compile_model) -> None:
     """train() compiles on CUDA only: give it the compile choice a GPU gets, and a stand-in for
-    `device.compile_model(model, mode, backend)`."""
+    `compiling.compile_model(model, mode, backend)`."""
     monkeypatch.setattr(train, "compile_choice", lambda enabled, device, mode:
                         (mode, f"compiled ({mode})") if enabled else (None, "off"))
-    monkeypatch.setattr(dev, "compile_model", compile_model)
+    monkeypatch.setattr(comp, "compile_model", compile_model)
 
 
 def fail_at_epoch(monkeypatch, at_call: int, error: BaseException) -> None:

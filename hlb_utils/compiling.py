@@ -1,0 +1,203 @@
+"""Compiling a run: the mode this machine gets, what is compiled (`compile_scope`), the warm-up before the
+clock, and the fallback to eager when a backend cannot build the graphs, so compiling never breaks a run.
+
+Taught in notebook 05 (speed tricks). Only CUDA compiles here (DEVELOPERS.md says why); the tests trace
+the same paths on the CPU with the `eager` backend.
+"""
+from __future__ import annotations
+
+import copy
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .device import mixed_precision, synchronize
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")   # torch.compile modes
+
+
+def compile_choice(enabled: bool, device: torch.device, mode: str = "max-autotune") -> tuple[str | None, str]:
+    """The torch.compile mode this machine gets (None: no compile) and a one-line note saying why.
+
+    max-autotune warns "not enough SMs" on small GPUs (a T4 has 40, an L4 58); a plain compile still
+    helps there, so they get mode 'default'.
+    """
+    if not enabled:
+        return None, "off"
+    if device.type != "cuda":
+        return None, f"compile skipped on {device.type} (only CUDA is supported here)"
+    try:
+        import triton  # noqa: F401  (no Triton, e.g. on Windows: no compile)
+    except ImportError:
+        return None, "compile skipped: Triton is not installed"
+    if mode.startswith("max-autotune") and torch.cuda.get_device_properties(device).multi_processor_count < 68:
+        mode = "default"
+    return mode, f"compiled ({mode})"
+
+
+def needs_warm_up(device: torch.device) -> bool:
+    """Whether the first steps on this device carry one-off costs that must stay out of the timer.
+
+    On CUDA they do, compiled or not: cuDNN's benchmark mode times its algorithms on the first call
+    of each shape, and kernels (the optimisers' too) load lazily on first use.
+    """
+    return device.type == "cuda"
+
+
+# Compiled variants allowed per function (torch's default is 8). All our nets share one `forward`, and
+# one net needs several: each image size with and without the whitening bias's gradient, training and
+# evaluation, each precision of an ablation.
+RECOMPILE_LIMIT = 64
+_compiled_last = {"signature": None, "gave_up": 0}
+
+
+def compile_model(model: nn.Module, mode: str = "default", backend: str = "inductor") -> Callable:
+    """torch.compile as the trainer uses it, with static shapes: each image size (full, and the small
+    one of progressive resizing) gets its own graph, compiled in the warm-up, instead of one slower
+    graph for every size that torch would otherwise switch to when it sees a second size.
+
+    A net shaped like the last one compiled reuses its code; a differently shaped one (notebook 05's
+    ablation) starts from a fresh compiler cache, so that no net inherits a full recompile budget and
+    silently runs eager. `backend='eager'` only traces (tests on the CPU).
+    """
+    signature = _signature(model)
+    if signature != _compiled_last["signature"] or dynamo_gave_up() > _compiled_last["gave_up"]:
+        torch._dynamo.reset()
+        _compiled_last.update(signature=signature, gave_up=dynamo_gave_up())
+    config = torch._dynamo.config
+    # torch < 2.6 calls the limit cache_size_limit
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
+    return _torch_compile(model, mode, backend)
+
+
+def _torch_compile(fn: Callable, mode: str, backend: str, fullgraph: bool = False) -> Callable:
+    if backend != "inductor":
+        return torch.compile(fn, backend=backend, dynamic=False, fullgraph=fullgraph)
+    return torch.compile(fn, mode=mode, dynamic=False, fullgraph=fullgraph)
+
+
+def _signature(model: nn.Module) -> tuple:
+    """What makes dynamo compile a net afresh: its class, and each tensor's name, shape, dtype,
+    strides (memory format) and requires_grad."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    return (type(model).__qualname__,
+            tuple((name, tuple(t.shape), t.dtype, t.stride(), t.requires_grad) for name, t in tensors))
+
+
+def dynamo_gave_up() -> int:
+    """How many times, in this process, torch.compile gave up on a function and ran it eager
+    (recompile limit reached, or an error while tracing)."""
+    if "torch._dynamo" not in sys.modules:
+        return 0
+    from torch._dynamo.utils import counters
+
+    return counters["frames"]["total"] - counters["frames"]["ok"]
+
+
+COMPILE_SCOPES = ("model", "step")   # TrainConfig.compile_scope
+
+
+@dataclass
+class CompiledRun:
+    """What a run trains and evaluates with (notebook 05): `forward(x, y) -> (loss, logits)` for a
+    training step, `model(x) -> logits` for evaluation, compiled or plain, and a note saying which."""
+
+    net: nn.Module
+    forward_loss: Callable     # (model, x, y) -> (summed loss, logits): the step before compiling
+    forward: Callable
+    model: Callable
+    note: str = "off"
+
+
+def compile_run(net: nn.Module, forward_loss: Callable, mode: str | None, scope: str = "model",
+                note: str = "off", backend: str = "inductor") -> CompiledRun:
+    """Compile a run's network (`mode` from `compile_choice`; None: leave it plain).
+
+    scope 'model' compiles the network, and the loss runs eagerly after it; 'step' (hiverge's record)
+    compiles the forward pass and the loss as one graph (`fullgraph`: it never breaks into pieces) for
+    training, and the network on its own for evaluation.
+    """
+    if mode is None:
+        return CompiledRun(net, forward_loss, partial(forward_loss, net), net, note)
+    model = compile_model(net, mode, backend)
+    if scope == "model":
+        return CompiledRun(net, forward_loss, partial(forward_loss, model), model, note)
+    step = _torch_compile(partial(forward_loss, net), mode, backend, fullgraph=True)
+    return CompiledRun(net, forward_loss, step, model, f"{note}, forward+loss as one graph")
+
+
+def prepare(run: CompiledRun, optimizers: list, batches: Callable[[], list], device: torch.device,
+            autocast: torch.dtype | None = None, stopping: Sequence[torch.Tensor] = ()
+            ) -> tuple[CompiledRun, float]:
+    """Warm up where it pays (every CUDA run, every compiled one); returns the run and its seconds.
+
+    `batches()` gives one (images, labels) batch per image size the run will train at; `stopping`, the
+    parameters whose gradient the run switches off part-way (the whitening bias). Compilation
+    is lazy: a backend that cannot build the graphs fails here, and the run goes on uncompiled
+    (warmed up again, uncompiled, on a GPU), its note saying so.
+    """
+    compiled = run.model is not run.net
+    if not compiled and not needs_warm_up(device):
+        return run, 0.0
+    try:
+        return run, warm_up(run, optimizers, batches(), autocast, stopping)
+    except Exception as err:
+        if not compiled or isinstance(err, torch.cuda.OutOfMemoryError):
+            raise
+        first = str(err).splitlines()[0] if str(err) else ""
+        warnings.warn(f"torch.compile failed on the first step ({type(err).__name__}: {first}); training uncompiled")
+        plain = compile_run(run.net, run.forward_loss, None,
+                            note=f"compile failed: {type(err).__name__}; trained uncompiled")
+        return prepare(plain, optimizers, batches, device, autocast, stopping)
+
+
+def warm_up(run: CompiledRun, optimizers: list, batches: list, autocast: torch.dtype | None = None,
+            stopping: Sequence[torch.Tensor] = ()) -> float:
+    """Pay the one-off costs before the clock starts: compilation, cuDNN's search for the fastest
+    algorithms, the lazy loading of kernels (the optimisers' too). Two real training steps at each
+    image size, the second without a gradient for `stopping` (each is its own graph), and one
+    evaluation-mode call; then every weight, buffer, optimiser state and lr is put back, so the run
+    trains exactly as if none of this had happened. Returns the seconds it took."""
+    net = run.net
+    saved = dict(net={k: v.clone() for k, v in net.state_dict().items()},
+                 optimizers=[copy.deepcopy(opt.state_dict()) for opt in optimizers])
+    start = time.perf_counter()
+    try:
+        for x, y in batches:
+            for step in range(2):
+                for p in stopping:
+                    p.requires_grad_(step == 0)
+                loss, _ = run.forward(x, y)
+                loss.backward()
+                for opt in optimizers:
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+        net.eval()
+        with torch.no_grad(), mixed_precision(x.device, autocast):
+            run.model(x)
+        synchronize(x.device)
+    finally:
+        for p in stopping:
+            p.requires_grad_(True)
+        net.train()
+        net.load_state_dict(saved["net"])
+        for opt, state in zip(optimizers, saved["optimizers"]):
+            opt.load_state_dict(state)
+    return time.perf_counter() - start
+
+
+def check_compiled(run: CompiledRun, gave_up_before: int) -> str:
+    """The run's compile note, amended when torch.compile gave up during the run and ran (part of) it
+    eager (`gave_up_before`: `dynamo_gave_up()` before the run)."""
+    if run.model is run.net or dynamo_gave_up() == gave_up_before:
+        return run.note
+    warnings.warn("torch.compile gave up part-way through this run (recompile limit or tracing error) "
+                  "and ran the rest eager; TORCH_LOGS=recompiles tells why")
+    return f"{run.note}; fell back to eager part-way"
