@@ -70,11 +70,19 @@ def compile_model(model: nn.Module, mode: str = "default", backend: str = "induc
     if signature != _compiled_last["signature"] or dynamo_gave_up() > _compiled_last["gave_up"]:
         torch._dynamo.reset()
         _compiled_last.update(signature=signature, gave_up=dynamo_gave_up())
-    config = torch._dynamo.config
-    # torch < 2.6 calls the limit cache_size_limit
-    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
+    raise_recompile_limit(torch._dynamo.config, RECOMPILE_LIMIT)
     return _torch_compile(model, mode, backend)
+
+
+def raise_recompile_limit(config, limit: int) -> None:
+    """Give dynamo a budget of at least `limit` compiled variants per function (never lowers it).
+    torch < 2.6 calls the entry `cache_size_limit`; each name is read with a default, so a config
+    that lacks one spelling (an older torch, or an entry a tool removed) uses the other, or is left alone."""
+    for name in ("recompile_limit", "cache_size_limit"):
+        current = getattr(config, name, None)
+        if current is not None:
+            setattr(config, name, max(current, limit))
+            return
 
 
 def _torch_compile(fn: Callable, mode: str, backend: str, fullgraph: bool = False) -> Callable:

@@ -1,6 +1,6 @@
 """Shared fixtures: the JPEG replica of CIFAR-10 (real-data tests) and synthetic data (unit tests).
 
-The replica comes from HLB_DATA, else ../shared/data/cifar10-jpeg.tar.gz next to the repository.
+The replica comes from HLB_DATA only (a fresh clone without it runs the fast suite).
 Without it, real-data tests are skipped, except under CI (env CI set), where a missing replica
 is an error: a CI run that silently skipped them would prove nothing. Its decoded cache goes to
 HLB_CACHE (default ~/.cache/hlb_utils), since the shared data folder is read-only in CI.
@@ -11,24 +11,35 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from hlb_utils import data
 
 from synthetic import synthetic_dataset
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_REPLICA = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+@pytest.fixture(autouse=True)
+def torch_config_as_found():
+    """Every test leaves dynamo's global config as it found it (the library raises its recompile
+    budget when it compiles; a test that patches an entry must not leave it changed or deleted)."""
+    config = torch._dynamo.config
+    saved = config.save_config()
+    yield
+    config.load_config(saved)
 
 
 @pytest.fixture(scope="session")
 def replica() -> Path:
     """Path of the CIFAR-10 source for real-data tests (skips, or fails under CI, when missing)."""
-    path = Path(os.environ.get("HLB_DATA") or DEFAULT_REPLICA).expanduser()
-    if path.exists():
+    value = os.environ.get("HLB_DATA", "")
+    path = Path(value).expanduser()
+    if value and path.exists():
         return path
     # The variable comes first: pytest's summary line (-ra) cuts long reasons at the terminal's width.
-    message = (f"set HLB_DATA to run this real-data test (the JPEG replica cifar10-jpeg.tar.gz or "
-               f"another CIFAR-10 source); nothing at {path}")
+    where = f"; nothing at {path}" if value else ""
+    message = ("set HLB_DATA to run this real-data test (a CIFAR-10 source, e.g. the JPEG copy "
+               f"cifar10-jpeg.tar.gz){where}")
     if os.environ.get("CI"):
         pytest.fail(f"{message} (CI is set, so real-data tests must run)", pytrace=False)
     pytest.skip(message)

@@ -291,15 +291,29 @@ def test_a_compile_that_falls_back_to_eager_says_so(synthetic, monkeypatch):
     # Forced: a budget of one compiled variant, and a run that needs more (two image sizes, evaluation).
     eager_backend_compile(monkeypatch)
     monkeypatch.setattr(comp, "RECOMPILE_LIMIT", 1)
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     cfg = tiny_cfg(compile=True, epochs=1, low_res=16, low_res_epochs=0.5, seed=11)
-    with pytest.warns(UserWarning, match="gave up part-way"):
-        result = train.train(cfg, synthetic, verbose=False)
+    # torch's own patch() puts its config back as it was (monkeypatch's undo deletes the entry on pytest 9.2)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        with pytest.warns(UserWarning, match="gave up part-way"):
+            result = train.train(cfg, synthetic, verbose=False)
     assert result.compile_note == "compiled (eager backend); fell back to eager part-way"
     # the next compile starts afresh instead of inheriting the exhausted budget
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
     monkeypatch.setattr(comp, "RECOMPILE_LIMIT", 64)
-    assert train.train(cfg, synthetic, verbose=False).compile_note == "compiled (eager backend)"
+    with torch._dynamo.config.patch(recompile_limit=8):
+        assert train.train(cfg, synthetic, verbose=False).compile_note == "compiled (eager backend)"
+
+
+def test_the_recompile_limit_is_raised_under_either_name_and_never_lowered():
+    import types
+    new, old, bare = (types.SimpleNamespace(recompile_limit=8), types.SimpleNamespace(cache_size_limit=8),
+                      types.SimpleNamespace())
+    for config, name in ((new, "recompile_limit"), (old, "cache_size_limit")):
+        comp.raise_recompile_limit(config, 64)
+        assert getattr(config, name) == 64
+        comp.raise_recompile_limit(config, 4)
+        assert getattr(config, name) == 64
+    comp.raise_recompile_limit(bare, 64)   # an entry that is gone is left alone, no AttributeError
+    assert vars(bare) == {}
 
 
 def counting_backend(graphs: list):
