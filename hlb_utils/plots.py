@@ -1,8 +1,11 @@
 """Matplotlib figures for the notebooks.
 
-`image_grid` is taught in notebook 01 (looking at the data, and at what augmentation does to it);
-the training curves, the lr schedule and the spread over runs in notebooks 04 and 06; a sweep's
-accuracy against time in notebook 07.
+`image_grid` is taught in notebook 01 (looking at the data, and at what augmentation does to it),
+with `plot_flip_schedule`; the training curves, the lr schedule and the spread over runs in notebooks
+04 and 06, with `plot_label_smoothing` (04), `plot_confidence` and `plot_loss_and_lr` (06);
+`plot_newton_schulz` in 05; changes against a base over paired seeds (`plot_paired_differences`)
+in 04, 05 and 07, and epochs to a target (`plot_epochs_to_target`) in 05 and 07; a sweep's
+accuracy against time in notebook 07. Every figure takes plain data and returns a Figure.
 Figures are built with matplotlib's object API (`matplotlib.figure.Figure`), not pyplot: nothing
 is registered globally, so a notebook shows the returned figure exactly once and tests leak nothing.
 """
@@ -107,7 +110,7 @@ def plot_lr_schedule(cfg, steps_per_epoch: int):
 
 def plot_spread(accuracies, target: float = 0.94, title: str | None = None):
     """Each run's accuracy as a dot, with the mean, a 95% interval and the target line."""
-    from .stats import summarize_accuracies
+    from .stats import NA, summarize_accuracies
 
     accs = [float(a) for a in accuracies]
     s = summarize_accuracies(accs, target)
@@ -116,7 +119,7 @@ def plot_spread(accuracies, target: float = 0.94, title: str | None = None):
     jitter = [0.05 * ((i * 7) % 5 - 2) for i in range(len(accs))]  # spread dots vertically, reproducibly
     ax.scatter([a * 100 for a in accs], jitter, alpha=0.7, label=f"{len(accs)} runs")
     ax.axvline(s["mean"] * 100, color="C1", label=f"mean {s['mean'] * 100:.2f}%")
-    if s["ci95_low"] == s["ci95_low"]:  # not NaN
+    if s["ci95_low"] != NA:  # one run has no interval
         ax.axvspan(s["ci95_low"] * 100, s["ci95_high"] * 100, color="C1", alpha=0.2, label="95% interval of the mean")
     ax.axvline(target * 100, color="k", ls="--", label=f"target {target * 100:g}%")
     ax.set(xlabel="test accuracy (%)", yticks=[], ylim=(-0.5, 0.5), title=title or "spread over runs")
@@ -145,4 +148,212 @@ def plot_sweep(table, knob: str, target: float = 0.94):
     ax.set(xlabel="training seconds", ylabel="test accuracy", title=f"sweep of {knob}")
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def plot_paired_differences(table):
+    """Each change's mean difference from the base with its 95% interval, a zero line, and its verdict.
+
+    `table` is `compare.compare_settings(...)` (or `compare.paired_table`); the base row is skipped.
+    An effect is drawn as real only where its interval misses zero (notebooks 04, 05, 07).
+    """
+    from .stats import NA
+
+    rows = table[table["verdict"] != "base"].reset_index(drop=True)
+    fig = Figure(figsize=(7, 1.2 + 0.45 * max(1, len(rows))), layout="constrained")
+    ax = fig.subplots()
+    for y, row in rows.iterrows():
+        diff = row["difference"] * 100
+        has_ci = row["ci_low"] != NA
+        err = [[diff - row["ci_low"] * 100], [row["ci_high"] * 100 - diff]] if has_ci else None
+        color = "C2" if row["verdict"] == "real" and diff > 0 else "C3" if row["verdict"] == "real" else "gray"
+        ax.errorbar([diff], [y], xerr=err, fmt="o", color=color, capsize=4)
+        ax.annotate(f"  {row['verdict']}", (diff if not has_ci else row["ci_high"] * 100, y), va="center",
+                    fontsize=8, color=color)
+    ax.axvline(0, color="k", lw=1)
+    ax.set_yticks(range(len(rows)), [str(s) for s in rows["setting"]])
+    ax.set_ylim(-0.7, max(1, len(rows)) - 0.3)
+    ax.invert_yaxis()
+    ax.set(xlabel="accuracy difference from the base (points), 95% interval",
+           title="which changes are real, and which are within noise")
+    ax.grid(alpha=0.3, axis="x")
+    return fig
+
+
+def plot_epochs_to_target(curves: dict, target: float):
+    """Accuracy against training length per setting, with the epochs each needs to reach `target`.
+
+    `curves` maps a name to (epochs, accuracies), the first being the base; arrows at the target
+    line show the epochs each other setting saves, the way airbench reports its tricks (notebooks
+    05 and 07). The read-off is `compare.epochs_to_target`.
+    """
+    from .compare import epochs_to_target
+
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.subplots()
+    ax.axhline(target, color="k", ls="--", lw=1, label=f"target {target:.1%}")
+    needs = {name: epochs_to_target(epochs, accs, target) for name, (epochs, accs) in curves.items()}
+    base_need = next(iter(needs.values()), None)
+    for k, (name, (epochs, accs)) in enumerate(curves.items()):
+        need, color = needs[name], f"C{k}"
+        text = "not reached" if need is None else f"{need:.2f} epochs"
+        if k and need is not None and base_need is not None:
+            text += f", {base_need - need:+.2f} saved"
+            ax.annotate("", xy=(need, target), xytext=(base_need, target),
+                        arrowprops=dict(arrowstyle="->", color=color, lw=2))
+        ax.plot(epochs, accs, "o-", color=color, label=f"{name}: {text}")
+        if need is not None:
+            ax.axvline(need, color=color, ls=":", lw=1)
+    ax.set(xlabel="training length (epochs; each point its own run)", ylabel="test accuracy",
+           title="epochs to reach the target")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_newton_schulz(iterations=None, steps: int = 3, smallest: float = 1e-3):
+    """What each Newton-Schulz step does to a singular value: input on x, output after each step.
+
+    Muon's iteration X <- a X + b (X X^T) X + c (X X^T)^2 X acts on each singular value s alone,
+    as s <- a s + b s^3 + c s^5, so these curves are exactly what `optim.newton_schulz` does to a
+    gradient's spectrum (notebook 05). `iterations`: coefficients (a, b, c), a function of a numpy
+    array (a learner's own sketch), or a dict of names to either; default: airbench94_muon's and
+    hiverge's coefficients, side by side. Singular values start at most 1 (the gradient is divided
+    by its norm first); x is logarithmic because most of a gradient's singular values are small.
+    """
+    import numpy as np
+
+    from .config import get_profile
+
+    if iterations is None:   # the coefficients live in the presets: airbench94_muon's and hiverge's record
+        iterations = {"airbench94_muon": get_profile("airbench").ns_coeffs,
+                      "hiverge": get_profile("record").ns_coeffs}
+    elif not isinstance(iterations, dict):
+        iterations = {"your iteration": iterations}
+    fig = Figure(figsize=(4.5 * len(iterations), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(iterations), squeeze=False)[0]
+    s = np.geomspace(smallest, 1.0, 400)
+    for ax, (name, it) in zip(axes, iterations.items()):
+        step = it if callable(it) else (lambda x, a=it[0], b=it[1], c=it[2]: a * x + b * x**3 + c * x**5)
+        ax.plot(s, s, color="gray", ls="--", label="before (input)")
+        y = s
+        for k in range(1, steps + 1):
+            y = step(y)
+            ax.plot(s, y, label=f"after step {k}")
+        ax.axhline(1.0, color="k", lw=0.8, ls=":")
+        coeffs = "" if callable(it) else f"\n(a, b, c) = {tuple(it)}"
+        ax.set(xscale="log", xlabel="singular value in", ylabel="singular value out", title=f"{name}{coeffs}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def plot_flip_schedule(random_masks, alternating_masks, images=None):
+    """Which images are mirrored in which epoch: fair coins each epoch against airbench's alternation.
+
+    Masks are bool (epochs, n_images), e.g. `loader.random_flip_mask` per epoch and
+    `loader.alternating_flip_mask(base, epoch)`. Without `images`, two grids of cells (dark: mirrored);
+    with uint8 `images` (n_images, C, H, W), the images themselves as each epoch shows them (notebook
+    01). Alternation shows every image both ways within any two epochs; coins can repeat a side.
+    """
+    import numpy as np
+
+    masks = {"random flip": np.asarray(random_masks, dtype=bool),
+             "alternating flip": np.asarray(alternating_masks, dtype=bool)}
+    epochs, n = masks["random flip"].shape
+    if images is None:
+        fig = Figure(figsize=(2 + 0.5 * epochs, 1 + 0.45 * n), layout="constrained")
+        for ax, (name, mask) in zip(fig.subplots(1, 2), masks.items()):
+            ax.imshow(mask.T, cmap="Greys", vmin=0, vmax=1.5)
+            ax.set(title=f"{name} (dark: mirrored)", xlabel="epoch", ylabel="image", xticks=range(epochs),
+                   yticks=range(n))
+        return fig
+    pixels = _to_unit_range(torch.as_tensor(images)[:n].cpu(), None, None)
+    fig = Figure(figsize=(2 * epochs * 0.9 + 0.5, n * 0.9 + 0.6), layout="constrained")
+    for sub, (name, mask) in zip(fig.subfigures(1, 2), masks.items()):
+        sub.suptitle(f"{name} (columns: epochs)", fontsize=9)
+        for i, row in enumerate(sub.subplots(n, epochs, squeeze=False)):
+            for e, ax in enumerate(row):
+                picture = pixels[i].flip(-1) if mask[e, i] else pixels[i]
+                ax.imshow(picture.permute(1, 2, 0).numpy())
+                ax.axis("off")
+    return fig
+
+
+def plot_label_smoothing(smoothing: float = 0.2, classes: int = 10):
+    """Label smoothing's target distribution, and the loss against the true class's logit (notebook 04).
+
+    Left: the one-hot target against the smoothed one. Right: the loss of one image whose other
+    logits are 0, with and without smoothing (`optim.smoothed_cross_entropy`): without it the loss
+    keeps falling as the logit grows, so training pushes logits up forever; with it the loss has a
+    minimum (dotted), so over-confident logits are pulled back.
+    """
+    import numpy as np
+
+    from .optim import smoothed_cross_entropy
+
+    fig = Figure(figsize=(10, 3.5), layout="constrained")
+    ax_target, ax_loss = fig.subplots(1, 2)
+    x = np.arange(classes)
+    one_hot = (x == 0).astype(float)
+    ax_target.bar(x - 0.2, one_hot, 0.4, label="one-hot")
+    ax_target.bar(x + 0.2, one_hot * (1 - smoothing) + smoothing / classes, 0.4, label=f"smoothed ({smoothing:g})")
+    ax_target.set(xlabel="class (0 is the true class)", ylabel="target probability", xticks=x,
+                  title="what the loss asks the net to predict")
+    ax_target.legend()
+    z = torch.linspace(-2, 14, 200)
+    logits = torch.cat([z[:, None], torch.zeros(len(z), classes - 1)], dim=1)
+    labels = torch.zeros(len(z), dtype=torch.long)
+    for s, label in ((0.0, "without smoothing"), (smoothing, f"with smoothing {smoothing:g}")):
+        ax_loss.plot(z, smoothed_cross_entropy(logits, labels, s, reduction="none"), label=label)
+    if 0 < smoothing < 1:
+        best = math.log((1 - smoothing + smoothing / classes) / (smoothing / classes))
+        ax_loss.axvline(best, color="C1", ls=":", label=f"smoothed loss is lowest at {best:.2f}")
+    ax_loss.set(xlabel="true class's logit (the others at 0)", ylabel="loss", title="loss against the logit")
+    ax_loss.grid(alpha=0.3)
+    ax_loss.legend(fontsize=8)
+    return fig
+
+
+def plot_confidence(probs_top, cutoff: float, changed_mask):
+    """Histogram of the top class's probability per test image, selective TTA's cut-off, and the
+    answers TTA changed (notebook 06).
+
+    `probs_top`: the highest softmax probability of each image without TTA; `cutoff`: the
+    probability below which selective TTA spends its extra views (the least confident quarter);
+    `changed_mask`: bool, True where the TTA prediction differs from the plain one. The changed
+    answers sit left of the cut-off: TTA only helps where the net was unsure.
+    """
+    import numpy as np
+
+    probs, changed = np.asarray(probs_top, dtype=float), np.asarray(changed_mask, dtype=bool)
+    bins = np.linspace(0, 1, 21)
+    fig = Figure(figsize=(7, 3.6), layout="constrained")
+    ax = fig.subplots()
+    ax.hist(probs, bins=bins, color="C0", alpha=0.6, label=f"all {len(probs)} test images")
+    ax.hist(probs[changed], bins=bins, color="C3", label=f"answer changed by TTA ({int(changed.sum())})")
+    share = float((probs < cutoff).mean()) if len(probs) else 0.0
+    ax.axvline(cutoff, color="k", ls="--", label=f"cut-off {cutoff:.2f} ({share:.0%} of images below)")
+    ax.set(xlabel="top-class probability (confidence)", ylabel="test images", yscale="log",
+           title="selective TTA: extra views only for the unsure")
+    ax.legend(fontsize=8, loc="upper left")
+    return fig
+
+
+def plot_loss_and_lr(steps, losses, lrs):
+    """Training loss per step, with the learning rate on a second axis (notebook 06).
+
+    Per step, not per epoch: a short run has a handful of epochs, and the schedule's effect (the
+    loss falling faster as the lr decays) happens within them. Plain arrays, from any run.
+    """
+    fig = Figure(figsize=(7, 3.6), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(steps, losses, color="C0", lw=1, label="training loss")
+    ax.set(xlabel="step", ylabel="training loss", title="loss and learning rate per step")
+    ax.grid(alpha=0.3)
+    ax_lr = ax.twinx()
+    ax_lr.plot(steps, lrs, color="C1", label="learning rate")
+    ax_lr.set_ylabel("learning rate", color="C1")
+    lines = ax.get_lines() + ax_lr.get_lines()
+    ax.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="upper right")
     return fig

@@ -30,7 +30,7 @@ from . import __version__
 from .config import TrainConfig
 from .evaluate import tta_passes
 from .model import count_flops, count_params, make_net
-from .stats import summarize_accuracies
+from .stats import NA, summarize_accuracies
 from .train import TrainResult, train
 
 
@@ -103,10 +103,15 @@ class RunsResult:
 
     @property
     def summary(self) -> pd.DataFrame:
+        """One row: `stats.summarize_accuracies` of the finished runs, and their mean and median seconds.
+
+        An undefined statistic (the spread of one run; everything when no run finished) is `stats.NA`
+        ("n/a"), never NaN; with two or more finished runs every field is a number.
+        """
         if not self.finished:   # nothing finished (all failed, or stopped early): the statistics are undefined
             keys = ("mean", "std", "min", "max", "ci95_low", "ci95_high", "share_at_target", "p_value",
                     "mean_seconds", "median_seconds")
-            return pd.DataFrame([dict(runs=0, target=self.target, **dict.fromkeys(keys, math.nan))])
+            return pd.DataFrame([dict(runs=0, target=self.target, **dict.fromkeys(keys, NA))])
         stats = summarize_accuracies(self.accuracies, self.target)
         secs = [r.train_seconds for r in self.finished]
         stats.update(mean_seconds=statistics.fmean(secs), median_seconds=statistics.median(secs))
@@ -174,8 +179,11 @@ def sweep(cfg: TrainConfig, data, knob: str, values: list, runs: int = 1, target
         for name, variant in variants.items():
             out[name] = run_many(variant, data, runs=runs, target=target, verbose=False)
             if verbose:
-                print(f"{name}: accuracy {out[name].summary.loc[0, 'mean']:.4f}  "
-                      f"{out[name].summary.loc[0, 'mean_seconds']:.2f} s  ({runs} run(s))")
+                s = out[name].summary.iloc[0]
+                if s["runs"]:
+                    print(f"{name}: accuracy {s['mean']:.4f}  {s['mean_seconds']:.2f} s  ({runs} run(s))")
+                else:
+                    print(f"{name}: no finished run")
         return out
     from .cluster import run_on_cluster
 
@@ -281,7 +289,9 @@ def write_records(result: TrainResult | RunsResult, out_dir, data_source: str = 
     history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame(columns=["run"])
     history.to_csv(out / "history.csv", index=False)
     runs.table.to_csv(out / "runs.csv", index=False)
-    stats, counts = runs.summary.iloc[0].to_dict(), runs.counts
+    # JSON's null, not the printed "n/a", for a statistic that is undefined
+    stats = {k: None if isinstance(v, str) and v == NA else v for k, v in runs.summary.iloc[0].to_dict().items()}
+    counts = runs.counts
     finished = runs.finished
     summary = dict(
         profile=runs.config.profile, test_accuracy=stats["mean"], accuracies=runs.accuracies,
