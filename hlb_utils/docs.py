@@ -67,7 +67,10 @@ def run_facts(profile: str | None, data: str | None) -> dict:
     name = config.resolve_profile(profile)
     source = data or os.environ.get("HLB_DATA")
     label = data_label(source) if source else "CIFAR-10"
-    return {"profile": name, "device": _machine_lines(name)["device"],
+    device = _machine_lines(name)["device"]   # 'cpu', or 'cuda (NAME, capability X.Y)'
+    if device == "cpu":
+        device = f"a CPU ({os.cpu_count()} cores)"
+    return {"profile": name, "device": device,
             "data": READER_DATA.get(label, label),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
             "code": code_version(), "torch": torch.__version__}
@@ -128,6 +131,67 @@ def errors_in(nb: Any) -> list[str]:
             if o.get("output_type") == "error"]
 
 
+def code_sources(nb: Any) -> list[str]:
+    return [c.source for c in nb.cells if c.cell_type == "code"]
+
+
+def copy_problems(copy: Path, folder: Path = NOTEBOOKS) -> list[str]:
+    """What makes an executed copy stale or unfit to show: code that differs from its notebook's (the
+    notebook changed since the run), a missing stamp, or error output. Empty when the copy is good."""
+    import nbformat
+
+    source = folder / copy.name
+    if not source.is_file():
+        return [f"{copy.name}: no notebook of that name in {folder}"]
+    nb, ref = nbformat.read(copy, as_version=4), nbformat.read(source, as_version=4)
+    problems = []
+    mine, theirs = code_sources(nb), code_sources(ref)
+    if mine != theirs:
+        changed = [i + 1 for i, (a, b) in enumerate(zip(mine, theirs)) if a != b]
+        problems.append(f"{copy.name}: code differs from {source.name} ({len(mine)} against {len(theirs)} "
+                        f"code cells; first differing: {changed[:3] or 'the count'}); regenerate it with "
+                        f"`python -m hlb_utils notebook docs {copy.name[:2]}`")
+    if STAMP_KEY not in nb.metadata or not nb.cells[0].get("metadata", {}).get(STAMP_KEY):
+        problems.append(f"{copy.name}: no {STAMP_KEY} stamp in its metadata and first cell")
+    problems += [f"{copy.name}: error output {e}" for e in errors_in(nb)]
+    return problems
+
+
+def local_paths(data: str | None) -> dict[str, str]:
+    """This machine's paths that printed outputs may hold, each with what a published copy shows
+    instead: the data source by its file name, the checkout as '.', the home folder as '~'."""
+    names = {}
+    source = data or os.environ.get("HLB_DATA")
+    if source and Path(source).expanduser().exists():
+        found = Path(source).expanduser()
+        names[str(found.resolve())] = names[str(found)] = found.name
+    names[str(ROOT)] = "."
+    names[str(Path.home())] = "~"
+    return names
+
+
+def scrub_paths(nb: Any, names: dict[str, str]) -> Any:
+    """Replace this machine's paths in the text outputs (longest first), so the copy names none."""
+    order = sorted(names, key=len, reverse=True)
+
+    def clean(text: Any) -> Any:
+        if isinstance(text, list):
+            return [clean(t) for t in text]
+        if isinstance(text, str):
+            for path in order:
+                text = text.replace(path, names[path])
+        return text
+
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if "text" in output:
+                output["text"] = clean(output["text"])
+            for kind in ("text/plain", "text/html", "text/markdown"):
+                if kind in output.get("data", {}):
+                    output["data"][kind] = clean(output["data"][kind])
+    return nb
+
+
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
@@ -152,7 +216,7 @@ def make_copy(path: Path, out: Path, figures: Path, profile: str | None = None,
     failed = errors_in(nb)
     if failed:
         raise RuntimeError(f"{path.name} ran with error output: {failed[0]}")
-    stamp(nb, facts)
+    stamp(scrub_paths(nb, local_paths(data)), facts)
     extract_figures(nb, figures)
     out.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out / path.name)
@@ -167,7 +231,7 @@ def make_docs(numbers: list[str] | None = None, out: str | Path = DOCS_OUT, prof
     into figures/gpu beside them, so GPU and CPU copies coexist. Figures go to out/../figures.
     """
     out = Path(out)
-    gpu = run_facts(profile, data)["device"].startswith("cuda")  # a bad profile fails here, first
+    gpu = run_facts(profile, data)["device"].startswith("cuda")  # a bad profile name fails here, first
     copies_dir = out / "gpu" if gpu else out
     figures_dir = out.parent / "figures" / ("gpu" if gpu else "")
     written = [make_copy(p, copies_dir, figures_dir, profile, data, timeout)
