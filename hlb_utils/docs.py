@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime
+import functools
 import os
 import subprocess
 import tempfile
@@ -46,8 +47,12 @@ def pick_notebooks(numbers: list[str] | None = None, folder: Path = NOTEBOOKS) -
     return picked
 
 
+@functools.lru_cache(maxsize=None)
 def code_version(root: Path = ROOT) -> str:
-    """`git describe --always --dirty` of the checkout, or 'unknown' outside a git checkout."""
+    """`git describe --always --dirty` of the checkout, or 'unknown' outside a git checkout.
+
+    Read once per process, before the first copy is written: rewriting committed copies would
+    otherwise mark every later copy of the same run 'dirty'."""
     try:
         done = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=root,
                               capture_output=True, text=True, timeout=30)
