@@ -35,11 +35,11 @@ READER_DATA = {"JPEG replica": "a JPEG copy of CIFAR-10", "CIFAR-10": "CIFAR-10"
 
 
 def pick_notebooks(numbers: list[str] | None = None, folder: Path = NOTEBOOKS) -> list[Path]:
-    """The series' notebooks (NN_name.ipynb), all of them or those whose number is in `numbers`."""
+    """The series' notebooks (NN_name.ipynb), all of them or those numbered in `numbers`."""
     found = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
     if not numbers:
         return found
-    wanted = [n.zfill(2) for n in numbers]
+    wanted = [Path(n).name.zfill(2)[:2] for n in numbers]   # '1', '01' or '01_data_pipeline.ipynb'
     picked = [p for p in found if p.name[:2] in wanted]
     missing = sorted(set(wanted) - {p.name[:2] for p in picked})
     if missing:
@@ -240,7 +240,7 @@ def make_docs(numbers: list[str] | None = None, out: str | Path = DOCS_OUT, prof
     copies_dir = out / "gpu" if gpu else out
     figures_dir = out.parent / "figures" / ("gpu" if gpu else "")
     written = [make_copy(p, copies_dir, figures_dir, profile, data, timeout)
-                for p in pick_notebooks(numbers, folder)]
+               for p in pick_notebooks(numbers, folder)]
     size = folder_bytes(out.parent)
     if size > DOCS_LIMIT_BYTES:
         print(f"warning: {out.parent} holds {size / 2**20:.1f} MB, over the {DOCS_LIMIT_BYTES / 2**20:.0f} MB "
