@@ -44,10 +44,8 @@ def test_committed_copy_matches_its_notebook(copy):
 
 
 def _png() -> bytes:
-    import matplotlib
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure   # no pyplot: no backend switched for other tests
 
-    matplotlib.use("Agg")
     fig = Figure(figsize=(1, 1))
     fig.add_subplot().plot([0, 1], [1, 0])
     buffer = io.BytesIO()
