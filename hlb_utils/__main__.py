@@ -14,6 +14,7 @@ commands:
              python -m hlb_utils train --profile quick --runs 2 --out runs/quick
   notebook   run a notebook of the series headless, e.g.
              python -m hlb_utils notebook run notebooks/06_record_run.ipynb --out runs/record
+             python -m hlb_utils notebook docs [NN ...]   (executed copies and figures into docs/)
 
 `python -m hlb_utils COMMAND --help` lists a command's options."""
 
