@@ -256,7 +256,8 @@ class DeviceLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        state, chunks = self._state(), self._chunks(*self._plan())
+        with region("hlb:augment_plan"):   # the epoch's plan, for benchmarks/profile_run.py
+            state, chunks = self._state(), self._chunks(*self._plan())
         self.epoch += 1
         return self._batches(state, chunks)
 
