@@ -5,7 +5,8 @@ notebooks run with internet (torchvision downloads the original), without it (th
 .tar.gz in ImageFolder layout) and on a learner's own 32x32 images (an ImageFolder folder). Decoding
 60,000 small files takes seconds, so the result is cached as one tensor file whose name is keyed by
 the source (path, size, modification time): editing the source makes a new cache, never a stale one.
-ImageFolder sources are read and checked in `imagefolder.py` (damaged archives, counts, layout).
+ImageFolder sources are read and checked in `imagefolder.py` (damaged archives, counts, layout); the
+`Cifar10` tuple and `DataError` that both modules use live in `dataset.py`.
 """
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ about 300 MB), so instead of a DataLoader with worker processes decoding PIL ima
 a handful of tensor operations: random translation (cropping the padded images), horizontal flips
 (random, or airbench's "alternating" flips), cutout, and hiverge's brightness and contrast jitter. The small functions below are the pieces; a
 notebook can show and call each one on its own. Each returns a new tensor and leaves its input alone.
+`shrink` (progressive resizing, notebook 05) is the one the training loop applies to a batch itself.
 """
 from __future__ import annotations
 
