@@ -1,10 +1,10 @@
 """A run's history as it trains: the bookkeeping that `train.train_loop` leaves to its edges.
 
 Every `train()` call uses it (notebooks 04 on show its tables); a learner reading the loop need not
-read it. `EpochLog` keeps each epoch's running loss and accuracy (on the
-device, so a GPU never waits), checks that the loss stays finite (every step on the CPU, where it is
-free; once an epoch on a GPU), shows the progress line, and makes one history row per epoch with its
-scores (evaluate.py's, which the loop hands it). `stops_cleanly` turns Ctrl-C into a run cut short that keeps its
+read it. `EpochLog` keeps each epoch's running loss and accuracy (on the device, so a GPU never
+waits), checks that the loss stays finite (every step on the CPU, where it is free; once an epoch on a
+GPU), shows the progress line, and makes one history row per epoch with the test scores the loop hands
+it (evaluate.py computes them). `stops_cleanly` turns Ctrl-C into a run cut short that keeps its
 finished epochs, and a GPU out of memory into advice on the batch size.
 """
 from __future__ import annotations
