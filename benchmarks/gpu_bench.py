@@ -4,12 +4,12 @@ Why: "record pace" means nothing until it is measured against the record on the 
 data, over enough runs to trust the mean (per-run accuracy wanders by about 0.13 points). Notebook 06
 (the record run) shows the table this writes. The whole thing fits one 8-minute call on an H200:
 
-    python benchmarks/gpu_bench.py --data ../shared/data/cifar10-jpeg.tar.gz \
+    python benchmarks/gpu_bench.py --data path/to/cifar10-jpeg.tar.gz \
         --peer airbench94_muon=peers/airbench94_muon.py --peer cifar10_speedrun=peers/cifar10_speedrun.py
 
 CPU plumbing check (what tests/test_bench.py runs: the `quick` profile twice and a stand-in peer):
 
-    python benchmarks/gpu_bench.py --quick --data ../shared/data/cifar10-jpeg.tar.gz \
+    python benchmarks/gpu_bench.py --quick --data path/to/cifar10-jpeg.tar.gz \
         --peer airbench94_muon=tests/fake_peer.py --out /tmp/bench
 
 Each recipe keeps its own timer (benchmarks/README.md says what is inside each); every row is also

@@ -3,7 +3,7 @@
 Why: notebook 01 claims that keeping the dataset in device memory and augmenting whole batches with a
 few tensor operations beats the usual per-image pipeline by far. This measures it, on this machine:
 
-    python benchmarks/loader_bench.py --data ../shared/data/cifar10-jpeg.tar.gz --batch-size 500
+    python benchmarks/loader_bench.py --data path/to/cifar10-jpeg.tar.gz --batch-size 500
 
 What is compared, fairly: both start from the same decoded uint8 tensors (decoding and the cache are
 outside both timers), both yield shuffled, normalised float32 batches of the same size with the same

@@ -4,7 +4,7 @@ Why: `tests/test_peers.py` shows our `record` and `airbench` profiles equal to t
 step; a whole run of each, side by side on the same CPU and data, shows the steps add up to the same
 accuracy. The peers' scripts are CUDA-only and fp16, so this runs a rewritten copy, in this process:
 
-    python benchmarks/peer_cpu.py --peer path/to/cifar10_speedrun.py --data ../shared/data/cifar10-jpeg.tar.gz \
+    python benchmarks/peer_cpu.py --peer path/to/cifar10_speedrun.py --data path/to/cifar10-jpeg.tar.gz \
         --work /tmp/peer_cpu --out /tmp/peer_cpu/speedrun.json
 
 and compare with `python -m hlb_utils train --profile record --set device=cpu` (or `airbench` against

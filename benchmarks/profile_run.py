@@ -13,12 +13,14 @@ torch.profiler, and prints (and writes as CSV under --out):
   busy, the training FLOPs (`hlb_utils.runs.run_flops`), this machine's measured dense-matmul rate in the
   precision the run's convolutions use (TF32 in an fp32 run on an A100 or newer GPU), and the FLOP
   floor = FLOPs / that rate: the time a perfect implementation would need.
-- phases.csv: host and device milliseconds of each named region of the training code. The library
-  names three (`hlb_utils.device.region`: hlb:train_epoch, what the timer times; hlb:evaluate;
-  hlb:augment); this script adds the step's phases from outside (`named_phases`): hlb:forward (the
-  forward pass with its loss), hlb:backward, hlb:optimizer, and hlb:augment_plan (the loader's plan of
-  an epoch, before the clock). Backward kernels run on autograd's own thread on a GPU, so they appear
-  as "backward (autograd's thread)".
+- phases.csv: host and device milliseconds of each phase of the training code, read from the ranges
+  the profiler records anyway, nothing patched: the library's own (`hlb_utils.device.region`:
+  hlb:train_epoch, what the timer times; hlb:evaluate; hlb:augment; hlb:augment_plan, the loader's plan
+  of an epoch, before the clock) and torch's inside the timed epoch: each optimiser step
+  (`Optimizer.step#...`: optimizer), zero_grad, and each node of the backward pass
+  (`autograd::engine::evaluate_function: ...`: backward); every other operator the epoch runs directly
+  is the forward pass with its loss (and the step's running totals): forward. Backward kernels run on
+  autograd's own thread on a GPU, so there they appear as "backward (autograd's thread)".
 - kernels.csv / categories.csv: the device kernels of the timed training by name and by kind (conv,
   matmul, fused by compile, ...); on a CPU, the operators by host time instead.
 
@@ -27,7 +29,6 @@ On a CPU it runs too (that is how tests/test_bench.py checks it): `--profile qui
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gzip
 import re
 import shutil
@@ -39,18 +40,15 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
-from torch.profiler import ProfilerActivity, profile, record_function
+from torch.profiler import ProfilerActivity, profile
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from hlb_utils import loader as loader_mod  # noqa: E402
-from hlb_utils import train as train_mod  # noqa: E402
 from hlb_utils.cli import parse_changes  # noqa: E402
-from hlb_utils.config import get_profile  # noqa: E402
+from hlb_utils.config import DTYPES, get_profile  # noqa: E402
 from hlb_utils.data import load_cifar10  # noqa: E402
-from hlb_utils.device import DTYPES, pick_device, synchronize  # noqa: E402
+from hlb_utils.device import pick_device, synchronize  # noqa: E402
 from hlb_utils.runs import run_flops  # noqa: E402
 from hlb_utils.train import train  # noqa: E402
 
@@ -125,16 +123,33 @@ def _hlb_ancestor(event) -> str | None:
     return found
 
 
+# torch's own ranges inside the timed epoch, by phase (first match wins); the rest is the forward pass
+STEP_PHASES = (("optimizer", "Optimizer.step#"), ("zero_grad", "Optimizer.zero_grad#"),
+               ("backward", "autograd::engine::evaluate_function"))
+
+
+def step_phase(name: str) -> str:
+    """The phase of an event that the timed epoch runs directly (not inside one of our regions)."""
+    return next((phase for phase, prefix in STEP_PHASES if name.startswith(prefix)), "forward")
+
+
 def phase_table(events, on_device: bool, busy_us: float) -> pd.DataFrame:
-    """Milliseconds per named region; regions inside the timed epoch are listed as 'training: ...'."""
+    """Milliseconds per phase: our named regions, and inside the timed epoch torch's own ranges (the
+    optimiser steps, the backward pass's nodes), the other operators being the forward pass. Inside the
+    epoch they are listed as 'training: ...'."""
     rows = defaultdict(lambda: [0, 0.0, 0.0])
     for e in events:
-        if not e.name.startswith("hlb:") or e.device_type != torch.autograd.DeviceType.CPU:
+        if e.device_type != torch.autograd.DeviceType.CPU:
             continue
-        outer = _hlb_ancestor(e)
-        if outer not in (None, EPOCH):
-            continue   # e.g. the test loader's augment_plan inside hlb:evaluate
-        key = e.name if outer is None else f"training: {e.name[4:]}"
+        if e.name.startswith("hlb:"):
+            outer = _hlb_ancestor(e)
+            if outer not in (None, EPOCH):
+                continue   # e.g. the test loader's augment_plan inside hlb:evaluate
+            key = e.name if outer is None else f"training: {e.name[4:]}"
+        elif e.cpu_parent is not None and e.cpu_parent.name == EPOCH:
+            key = f"training: {step_phase(e.name)}"
+        else:
+            continue
         row = rows[key]
         row[0] += 1
         row[1] += e.cpu_time_total / 1e3
@@ -180,47 +195,11 @@ def kind_of(name: str) -> str:
     return next((kind for kind, pattern in KINDS if re.search(pattern, low)), "other")
 
 
-def _named(name: str, fn):
-    def named(*args, **kwargs):
-        with record_function(name):
-            return fn(*args, **kwargs)
-    return named
-
-
-@contextmanager
-def named_phases():
-    """The training step's phases as profiler ranges, added from outside the library (which names only
-    the epoch, evaluation and augmentation): hlb:forward around the run's forward pass and loss (outside
-    any compiled graph), hlb:backward, hlb:optimizer around every optimiser step, hlb:augment_plan."""
-    compile_run, backward, plan = train_mod.compile_run, torch.Tensor.backward, loader_mod.DeviceLoader._plan
-    ranges = []
-
-    def enter(*_):
-        ranges.append(record_function("hlb:optimizer").__enter__())
-
-    def leave(*_):
-        ranges.pop().__exit__(None, None, None)
-
-    def named_run(*args, **kwargs):
-        run = compile_run(*args, **kwargs)
-        return dataclasses.replace(run, forward=_named("hlb:forward", run.forward))
-
-    hooks = [register_optimizer_step_pre_hook(enter), register_optimizer_step_post_hook(leave)]
-    train_mod.compile_run, torch.Tensor.backward = named_run, _named("hlb:backward", backward)
-    loader_mod.DeviceLoader._plan = _named("hlb:augment_plan", plan)
-    try:
-        yield
-    finally:
-        train_mod.compile_run, torch.Tensor.backward, loader_mod.DeviceLoader._plan = compile_run, backward, plan
-        for hook in hooks:
-            hook.remove()
-
-
 def profile_once(cfg, data, trace: Path | None = None) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """One run under torch.profiler: (figures, phases, kernels or host operators); `trace` keeps the timeline."""
     device = pick_device(cfg.device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with named_phases(), profile(activities=activities) as prof:
+    with profile(activities=activities) as prof:
         result = train(cfg, data, verbose=False)
     if trace is not None:
         prof.export_chrome_trace(str(trace.with_suffix("")))

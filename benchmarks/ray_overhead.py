@@ -5,7 +5,7 @@ putting the dataset into the object store, scheduling a task, a worker importing
 dataset back. On a cluster of GPUs that cost is bought back many times over; this measures it, so a
 note can say how much a run pays:
 
-    python benchmarks/ray_overhead.py --data ../shared/data/cifar10-jpeg.tar.gz --runs 3
+    python benchmarks/ray_overhead.py --data path/to/cifar10-jpeg.tar.gz --runs 3
 
 Both paths train the same seeds of the same profile with the same torch thread count (by default all of
 this machine's CPUs, so the local Ray instance runs one task at a time, as the serial loop does), and

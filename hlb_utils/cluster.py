@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 
 from .config import TrainConfig
-from .runs import FailedRun
+from .failures import FailedRun
 from .train import TrainResult, train
 
 RETRIES = 2   # further attempts of a run whose worker died (Ray's own retries)

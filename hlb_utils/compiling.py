@@ -19,9 +19,6 @@ from torch import nn
 
 from .device import mixed_precision, synchronize
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")   # torch.compile modes
-
-
 def compile_choice(enabled: bool, device: torch.device, mode: str = "max-autotune") -> tuple[str | None, str]:
     """The torch.compile mode this machine gets (None: no compile) and a one-line note saying why.
 
@@ -107,9 +104,6 @@ def dynamo_gave_up() -> int:
     from torch._dynamo.utils import counters
 
     return counters["frames"]["total"] - counters["frames"]["ok"]
-
-
-COMPILE_SCOPES = ("model", "step")   # TrainConfig.compile_scope
 
 
 @dataclass

@@ -6,7 +6,6 @@ config is frozen, so nothing can change it behind a learner's back.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import difflib
 import os
@@ -14,17 +13,27 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
-# The allowed values of the knobs, owned here so that the config needs none of the modules that use
-# them (tests/test_config.py checks that each module accepts exactly these).
-ACTIVATIONS = ("gelu", "silu", "relu")                  # model.make_act
+# The allowed values of the knobs, defined here once; the modules that use them import them from here
+# (config.py itself imports none of our modules). Where a module needs more than the name (the class
+# of an activation, the torch dtype of a precision), the value sits beside the name.
+NETS = ("record", "seed")                               # model.make_net
+ACTIVATIONS = {"gelu": nn.GELU, "silu": nn.SiLU, "relu": nn.ReLU}   # model.make_act
 FLIP_MODES = ("alternate", "random", "none")            # loader.DeviceLoader
 TTA_MODES = ("none", "flip", "multi", "selective")      # evaluate.tta_logits
-DTYPES = ("bf16", "fp16", "fp32")                       # device.pick_dtype
+OPTIMIZERS = ("muon", "sgd")                            # optim.make_optimizers
+MUON_BATCHES = ("shape", "pad")                         # optim.Muon: one Newton-Schulz call per shape, or all padded
+SCHEDULES = ("linear", "onecycle")                      # optim.lr_multiplier
+DEVICES = ("auto", "cuda", "cpu", "mps")                # device.pick_device
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}   # device.pick_dtype
 WEIGHTS = ("fp32", "half")                              # device.pick_dtype: fp32 under autocast, or the net in half
+CHANNELS_LAST = ("auto", "on", "off")                   # device.use_channels_last
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")   # torch.compile
 COMPILE_SCOPES = ("model", "step")                      # compiling.compile_run: the model, or forward + loss as one graph
-# Quintic Newton-Schulz coefficients of airbench94_muon (optim.newton_schulz's default)
+# Quintic Newton-Schulz coefficients of airbench94_muon / Keller Jordan's Muon (optim.newton_schulz's
+# default): picked to lift small singular values fast, at the price of leaving them spread around 1
+# instead of exactly 1. hiverge's record retuned them (the `record` profile's ns_coeffs).
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
@@ -128,13 +137,10 @@ class TrainConfig:
 
 # (field, allowed set) and (field, low, high) checks, so errors name the field and the range.
 _CHOICES = {
-    "net": ("record", "seed"), "act": ACTIVATIONS, "whiten_act": ACTIVATIONS,
-    "muon_batch": ("shape", "pad"),
-    "flip": FLIP_MODES, "optimizer": ("muon", "sgd"),
-    "schedule": ("linear", "onecycle"), "tta": TTA_MODES,
-    "device": ("auto", "cuda", "cpu", "mps"), "dtype": ("auto", *DTYPES),
-    "channels_last": ("auto", "on", "off"), "compile_mode": COMPILE_MODES, "weights": WEIGHTS,
-    "compile_scope": COMPILE_SCOPES,
+    "net": NETS, "act": ACTIVATIONS, "whiten_act": ACTIVATIONS, "muon_batch": MUON_BATCHES,
+    "flip": FLIP_MODES, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "tta": TTA_MODES,
+    "device": DEVICES, "dtype": ("auto", *DTYPES), "channels_last": CHANNELS_LAST,
+    "compile_mode": COMPILE_MODES, "weights": WEIGHTS, "compile_scope": COMPILE_SCOPES,
 }
 _RANGES = {
     "bn_momentum": (0.0, 1.0), "bn_eps": (0.0, 1.0), "batch_size": (1, 50000),
@@ -152,7 +158,7 @@ _RANGES = {
 
 def _validate(cfg: TrainConfig) -> None:
     for name, allowed in _CHOICES.items():
-        value = getattr(cfg, name)
+        value, allowed = getattr(cfg, name), tuple(allowed)   # a mapping's names
         if value not in allowed:
             raise ValueError(f"TrainConfig.{name}={value!r} is not allowed; choose one of {allowed}")
     for name, (low, high) in _RANGES.items():
@@ -189,10 +195,12 @@ def _check_names(changes: dict) -> None:
             raise ValueError(f"TrainConfig has no field {name!r}; {hint}")
 
 
-# The presets. `record` follows hiverge's cifar10-speedrun (the record after airbench94_muon),
-# `airbench` airbench94_muon's published hyperparameters (see RECIPES in the README's credits);
-# `seed` follows hlb-CIFAR10's SE-ResNet era; `cpu` (the record's recipe, sized for 2 CPU cores) and
-# `quick` are ours.
+# The presets. `record` follows hiverge's cifar10-speedrun (https://github.com/hiverge/cifar10-speedrun,
+# the record after airbench94_muon; the re-timing of its final version:
+# https://github.com/hiverge/cifar10-speedrun/pull/6), `airbench` airbench94_muon's published
+# hyperparameters (https://github.com/KellerJordan/cifar10-airbench); `seed` follows hlb-CIFAR10's
+# SE-ResNet era (https://github.com/tysam-code/hlb-CIFAR10); `cpu` (the record's recipe, sized for 2 CPU
+# cores) and `quick` are ours.
 # hiverge's cifar10_speedrun (final version: 245 steps of 1536) apart from its size and compile: the
 # `record` profile, and the `cpu` profile on a narrower net. BN momentum 0.5566 in their convention is
 # 1 - 0.5566 in PyTorch's. Their whitening bias trains for ceil(0.19 * 32) = 7 steps; their Muon
@@ -263,67 +271,3 @@ def get_profile(name: str | None = None, **changes: Any) -> TrainConfig:
     name = resolve_profile(name)
     _check_names(changes)
     return TrainConfig(profile=name, **{**_PROFILES[name], **changes})
-
-
-# What each notebook changes in its recipe to fit the machine, by name (`notebook_size`). The GPU
-# profiles run at full size ('default'); on a CPU a notebook that trains many times shortens each run
-# so that it stays within about 15 minutes on two cores. `quick` is for the tests only: its runs are
-# too short to learn anything from.
-_SHORT_EMA_CPU = dict(ema_epochs=0.5, ema_decay=0.8)
-_SHORT_EMA_QUICK = dict(ema_epochs=0.5, ema_decay=0.5)
-_NOTEBOOK_SIZES: dict[str, dict[str, Any]] = {
-    # 01: training images the loader timing passes over
-    "loader_timing_images": dict(default=50_000, quick=5_000),
-    # 02: the conventional baseline's training images (None: all), epochs, widths and loader workers
-    "baseline": dict(
-        default=dict(subset=None, epochs=10, widths=(64, 128, 256), num_workers=2),
-        cpu=dict(subset=10_000, epochs=4, widths=(32, 64, 128), num_workers=0),
-        quick=dict(subset=2000, epochs=2, widths=(16, 32, 64), num_workers=0, test_subset=1000)),
-    # 03: changes to the seed profile. Short runs get a short weight average: the EMA's memory,
-    # ema_every / (1 - ema_decay) steps (about 70 in the seed recipe), must be well inside the last
-    # ema_epochs of the run.
-    "seed_net": dict(
-        default={},
-        cpu=dict(widths=(16, 64, 128, 256), epochs=4, train_subset=20_000, batch_size=256, **_SHORT_EMA_CPU),
-        quick=dict(widths=(8, 16, 32, 64), epochs=2, batch_size=250, train_subset=2000, test_subset=1000,
-                   **_SHORT_EMA_QUICK)),
-    # 04: changes to the seed profile for six trainings in a row, each shorter than notebook 03's
-    "recipe_steps": dict(
-        default={},
-        cpu=dict(widths=(8, 32, 64, 128), epochs=3, batch_size=256, train_subset=15_000, test_subset=5000,
-                 **_SHORT_EMA_CPU),
-        quick=dict(widths=(8, 16, 32, 64), epochs=1, batch_size=250, train_subset=1000, test_subset=500,
-                   **_SHORT_EMA_QUICK)),
-    # 05: changes to the profile's recipe for each ablation run
-    "ablation": dict(
-        default={},
-        cpu=dict(train_subset=8000, epochs=3, low_res_epochs=2, batch_size=250, test_subset=5000),
-        quick=dict(train_subset=1000, epochs=1, test_subset=500)),
-    # 05: the SE-ResNet of notebook 03, about as wide as the profile's network
-    "se_widths": dict(default=(64, 128, 256, 512), cpu=(32, 64, 128, 256), quick=(8, 16, 32, 64)),
-    # 06: counted runs of the record notebook (a CPU run of the `cpu` profile takes minutes)
-    "record_runs": dict(default=5, cpu=1, quick=2),
-    # 07: changes to the profile's recipe for each sweep run; at full size on a CPU, epochs mean the
-    # same as in the profile
-    "sweep": dict(default={}, cpu=dict(train_subset=10_000, test_subset=5000, low_res=0),
-                  quick=dict(train_subset=1000, test_subset=500)),
-    # 07: the epochs its default sweep tries, and the seeds that confirm the best point
-    "sweep_epochs": dict(default=[5, 6, 7, 8, 9, 10], seed=[6, 8, 10, 12], cpu=[1, 2, 4], quick=[1, 2]),
-    "confirm_runs": dict(default=5, seed=3, cpu=2, quick=2),
-}
-NOTEBOOK_SIZE_NAMES = tuple(_NOTEBOOK_SIZES)
-
-
-def notebook_size(name: str, profile: str | None = None) -> Any:
-    """A notebook's size `name` for `profile` (default: `resolve_profile()`), e.g. the changes
-    notebook 05 makes to each ablation run: `cfg.replace(**notebook_size("ablation"))`.
-
-    The sizes live here, not in the notebooks' config cells, so that a config cell lists the knobs its
-    chapter is about; the learner can still overwrite the value there. A fresh copy each call.
-    """
-    if name not in _NOTEBOOK_SIZES:
-        near = difflib.get_close_matches(name, NOTEBOOK_SIZE_NAMES, n=1)
-        hint = f"did you mean {near[0]!r}?" if near else f"choose one of {NOTEBOOK_SIZE_NAMES}"
-        raise ValueError(f"no notebook size {name!r}; {hint}")
-    sizes = _NOTEBOOK_SIZES[name]
-    return copy.deepcopy(sizes.get(resolve_profile(profile), sizes["default"]))

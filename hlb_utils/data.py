@@ -5,7 +5,8 @@ notebooks run with internet (torchvision downloads the original), without it (th
 .tar.gz in ImageFolder layout) and on a learner's own 32x32 images (an ImageFolder folder). Decoding
 60,000 small files takes seconds, so the result is cached as one tensor file whose name is keyed by
 the source (path, size, modification time): editing the source makes a new cache, never a stale one.
-ImageFolder sources are read and checked in `imagefolder.py` (damaged archives, counts, layout).
+ImageFolder sources are read and checked in `imagefolder.py` (damaged archives, counts, layout); the
+`Cifar10` tuple and `DataError` that both modules use live in `dataset.py`.
 """
 from __future__ import annotations
 
@@ -16,34 +17,18 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
-                   "dog", "frog", "horse", "ship", "truck")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-IMAGE_SIZE = 32              # pixels per side; every CIFAR-10 image is 32x32 RGB
+from . import imagefolder
+# the dataset type and its error live in dataset.py (imagefolder.py needs them too); named here as well
+from .dataset import CIFAR10_CLASSES, IMAGE_SIZE, SPLITS, Cifar10, DataError  # noqa: F401
+
 CACHE_FORMAT = 1             # bump when the cache layout changes, so old caches are ignored
-PROGRESS_EVERY = 10_000      # images between progress lines while decoding
-SPLITS = ("train", "test")
 REPLICA_NAME = "cifar10-jpeg"                # the JPEG replica's archive stem and top folder
 TORCHVISION_FOLDER = "cifar-10-batches-py"   # what torchvision's CIFAR10 downloads into its root
 DOWNLOAD_FOLDER = "cifar10-torchvision"      # the download's root inside the cache folder (README names it)
-
-
-class DataError(RuntimeError):
-    """The data could not be loaded; the message says which file or setting, and what to do."""
-
-
-class Cifar10(NamedTuple):
-    train_images: torch.Tensor   # uint8 (N, 3, 32, 32)
-    train_labels: torch.Tensor   # int64 (N,)
-    test_images: torch.Tensor    # uint8 (M, 3, 32, 32)
-    test_labels: torch.Tensor    # int64 (M,)
-    classes: list                # class names; label i means classes[i]
-    source: str                  # where the data came from (path or description)
 
 
 def default_cache_dir() -> Path:
@@ -88,8 +73,6 @@ def load_cifar10(source: str | os.PathLike | None = None, cache_dir: str | os.Pa
     A damaged archive, a partial copy of CIFAR-10 or a folder in neither layout raises DataError;
     a dataset of your own (other class names) loads with an `imagefolder.OwnDataWarning`.
     """
-    from . import imagefolder
-
     cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     source = source or os.environ.get("HLB_DATA") or None
     if source is None:
@@ -147,18 +130,16 @@ def _checksum(data: Cifar10) -> str:
 
 
 def _cached(path: Path, cache_dir: Path, verbose: bool) -> Cifar10:
-    from .imagefolder import check_counts, decode_source
-
     _remove_stale_temp(cache_dir)
     file = cache_dir / f"cifar10-{_cache_key(path)}.pt"
     if file.exists():
         data, problem = _read_cache(file)
         if data is not None:
-            check_counts(data)   # also refuses a partial copy cached before this check existed
+            imagefolder.check_counts(data)   # also refuses a partial copy cached before this check existed
             return data
         warnings.warn(f"the cache {file} is unusable ({problem}); rebuilding it from {path}", stacklevel=3)
-    data = decode_source(path, verbose)
-    check_counts(data)   # a partial copy of CIFAR-10 is refused before it can be cached
+    data = imagefolder.decode_source(path, verbose)
+    imagefolder.check_counts(data)   # a partial copy of CIFAR-10 is refused before it can be cached
     payload = {**data._asdict(), "format": CACHE_FORMAT, "checksum": _checksum(data),
                "counts": [len(data.train_labels), len(data.test_labels)]}
     try:
@@ -242,6 +223,16 @@ def _writer_alive(pid: int | None, tmp: Path) -> bool:
     except OSError:
         return True   # it exists but belongs to another user
     return True
+
+
+def subset(images: torch.Tensor, labels: torch.Tensor, n: int | None, seed: int = 0
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n of a fixed shuffle (None: all), so a subset holds every class (the replica is
+    class-ordered): `TrainConfig.train_subset` and `test_subset`."""
+    if n is None or n >= len(labels):
+        return images, labels
+    order = shuffled_indices(len(labels), n, seed)
+    return images[order], labels[order]
 
 
 def shuffled_indices(total: int, n: int | None = None, seed: int = 0) -> torch.Tensor:

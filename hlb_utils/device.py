@@ -13,6 +13,8 @@ from typing import ContextManager
 
 import torch
 
+from .config import DTYPES
+
 
 def pick_device(name: str = "auto") -> torch.device:
     """'auto' prefers CUDA, then Apple MPS, then the CPU. Asking for a missing device is an error,
@@ -82,12 +84,6 @@ def check_cuda_arch(device: torch.device | int | None = None) -> None:
                        f"{' '.join(arches)}): {advice}")
 
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-WEIGHTS = ("fp32", "half")   # TrainConfig.weights: fp32 weights under autocast, or the net held in half precision
-
-
 def pick_dtype(device: torch.device, name: str = "auto", weights: str = "fp32") -> torch.dtype:
     """Compute precision: 'auto' is bf16 on CUDA GPUs of capability 8.0 and up (A100, L4, H100...),
     fp16 on older ones (T4, V100), fp32 elsewhere.
@@ -121,6 +117,12 @@ def use_channels_last(device: torch.device, setting: str = "auto") -> bool:
     if setting == "off":
         return False
     return device.type in ("cuda", "cpu")
+
+
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """channels_last if the batch is stored that way (and has more than one channel), else contiguous."""
+    return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+        and not x.is_contiguous() else torch.contiguous_format
 
 
 def device_name(device: torch.device) -> str:

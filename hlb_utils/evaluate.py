@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-TTA_MODES = ("none", "flip", "multi", "selective")
+from .device import memory_format_of, region
+
 UNSURE_FRACTION = 0.25   # selective TTA: the share of test images (least confident first) that get six views
 
 
@@ -24,8 +25,6 @@ def tta_views(x: Tensor, mode: str) -> list[tuple[float, Tensor]]:
     pixel down-right (reflect padding keeps the edges plausible). 'selective' (hiverge's record) has
     the same six views at 1/6 each; `selective_logits` spends them only on the least confident images.
     """
-    if mode not in TTA_MODES:
-        raise ValueError(f"tta={mode!r} is not allowed; choose one of {TTA_MODES}")
     if mode == "none":
         return [(1.0, x)]
     pairs = [x]
@@ -76,12 +75,6 @@ def tta_logits(net: nn.Module | callable, x: Tensor, mode: str = "none") -> Tens
     return out
 
 
-def memory_format_of(x: Tensor) -> torch.memory_format:
-    """channels_last if the batch is stored that way (and has more than one channel), else contiguous."""
-    return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
-        and not x.is_contiguous() else torch.contiguous_format
-
-
 @torch.no_grad()
 def evaluate(net: nn.Module | callable, loader, tta: str = "none", autocast_dtype: torch.dtype | None = None
              ) -> dict:
@@ -116,3 +109,15 @@ def evaluate(net: nn.Module | callable, loader, tta: str = "none", autocast_dtyp
     if count == 0:
         raise ValueError("evaluate() got an empty loader")
     return {"loss": total_loss / count, "acc": correct / count}
+
+
+def epoch_scores(model: nn.Module | callable, ema, loader, autocast_dtype: torch.dtype | None = None) -> dict:
+    """The test loss and accuracy after an epoch (without TTA), and the weight average's accuracy if
+    there is one (`ema`: an `optim.EMA` or None): the history's test columns. The training loop calls it
+    between epochs, outside the timer."""
+    with region("hlb:evaluate"):
+        res = evaluate(model, loader, autocast_dtype=autocast_dtype)
+        scores = dict(test_loss=res["loss"], test_acc=res["acc"])
+        if ema is not None:
+            scores["ema_acc"] = evaluate(ema.model, loader, autocast_dtype=autocast_dtype)["acc"]
+    return scores

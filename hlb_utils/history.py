@@ -1,10 +1,10 @@
 """A run's history as it trains: the bookkeeping that `train.train_loop` leaves to its edges.
 
 Every `train()` call uses it (notebooks 04 on show its tables); a learner reading the loop need not
-read it. `EpochLog` keeps each epoch's running loss and accuracy (on the
-device, so a GPU never waits), checks that the loss stays finite (every step on the CPU, where it is
-free; once an epoch on a GPU), shows the progress line, and makes one history row per epoch with its
-evaluation, outside the timer. `stops_cleanly` turns Ctrl-C into a run cut short that keeps its
+read it. `EpochLog` keeps each epoch's running loss and accuracy (on the device, so a GPU never
+waits), checks that the loss stays finite (every step on the CPU, where it is free; once an epoch on a
+GPU), shows the progress line, and makes one history row per epoch with the test scores the loop hands
+it (evaluate.py computes them). `stops_cleanly` turns Ctrl-C into a run cut short that keeps its
 finished epochs, and a GPU out of memory into advice on the batch size.
 """
 from __future__ import annotations
@@ -14,8 +14,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .device import Timer, region
-from .evaluate import evaluate
+from .device import Timer
 from .progress import LiveTable
 
 # The columns of a run's history and of its live table.
@@ -49,10 +48,11 @@ def stops_cleanly(cfg, timer: Timer, log: "EpochLog"):
 
 class EpochLog:
     """The loop's bookkeeping, out of its way: each epoch's running loss and accuracy, the check that
-    the loss stays finite, the progress line, and one history row per epoch (with its evaluation)."""
+    the loss stays finite, the progress line, and one history row per epoch (with the test scores the
+    loop hands it)."""
 
-    def __init__(self, cfg, plan, test_loader, timer: Timer, autocast, verbose: bool) -> None:
-        self.cfg, self.plan, self.test_loader, self.timer, self.autocast = cfg, plan, test_loader, timer, autocast
+    def __init__(self, cfg, plan, timer: Timer, verbose: bool) -> None:
+        self.cfg, self.plan, self.timer = cfg, plan, timer
         self.device = timer.device
         self.history, self.interrupted = [], False
         self.table = LiveTable(COLUMNS, enabled=verbose)
@@ -76,19 +76,21 @@ class EpochLog:
             self.table.status(f"epoch {epoch + 1}: step {done + 1}/{self.plan.steps_per_epoch}",
                               (done + 1) / self.plan.steps_per_epoch)
 
-    def epoch(self, epoch: int, step: int, lr: float, model, ema) -> None:
+    def evaluates(self, epoch: int) -> bool:
+        """Whether the test set is evaluated after `epoch`: every `cfg.eval_every` epochs, and after the last."""
+        every = self.cfg.eval_every
+        return epoch == self.plan.epochs or bool(every and epoch % every == 0)
+
+    def epoch(self, epoch: int, step: int, lr: float, scores: dict) -> None:
+        """One history row: the epoch's running loss and accuracy, and its test `scores` (test_loss,
+        test_acc, ema_acc; those missing stay NaN)."""
         loss = self.loss.item()
         self._check_finite(self.loss, f"in the epoch ending at step {step}")
-        every, seen = self.cfg.eval_every, max(self.seen, 1)
+        seen = max(self.seen, 1)
         row = dict(epoch=epoch, train_loss=loss / seen, train_acc=self.correct.item() / seen,
                    test_loss=math.nan, test_acc=math.nan, ema_acc=math.nan, tta_acc=math.nan,
                    train_seconds=self.timer.total, lr=lr)
-        if epoch == self.plan.epochs or (every and epoch % every == 0):
-            with region("hlb:evaluate"):
-                res = evaluate(model, self.test_loader, autocast_dtype=self.autocast)
-                row.update(test_loss=res["loss"], test_acc=res["acc"])
-                if ema is not None:
-                    row["ema_acc"] = evaluate(ema.model, self.test_loader, autocast_dtype=self.autocast)["acc"]
+        row.update(scores)
         self.history.append(row)
         self.table.add(row)
         self._new_epoch()

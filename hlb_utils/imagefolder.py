@@ -25,7 +25,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .data import CIFAR10_CLASSES, IMAGE_SIZE, IMAGE_SUFFIXES, PROGRESS_EVERY, SPLITS, Cifar10, DataError
+from .dataset import CIFAR10_CLASSES, IMAGE_SIZE, IMAGE_SUFFIXES, PROGRESS_EVERY, SPLITS, Cifar10, DataError
 
 LAYOUT = "train/<class>/<image> and test/<class>/<image>"
 CIFAR10_PER_CLASS = {"train": 5000, "test": 1000}   # images per class in each split

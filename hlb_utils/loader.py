@@ -6,6 +6,7 @@ about 300 MB), so instead of a DataLoader with worker processes decoding PIL ima
 a handful of tensor operations: random translation (cropping the padded images), horizontal flips
 (random, or airbench's "alternating" flips), cutout, and hiverge's brightness and contrast jitter. The small functions below are the pieces; a
 notebook can show and call each one on its own. Each returns a new tensor and leaves its input alone.
+`shrink` (progressive resizing, notebook 05) is the one the training loop applies to a batch itself.
 """
 from __future__ import annotations
 
@@ -15,9 +16,8 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from .device import region
+from .device import memory_format_of, region
 
-FLIP_MODES = ("alternate", "random", "none")
 STATS_CHUNK = 2000   # images per step of channel_stats (float32: ~25 MB per 2,000 CIFAR images)
 
 
@@ -180,6 +180,16 @@ def random_color_jitter(n: int, brightness: float, contrast: float,
     return shift, scale
 
 
+def shrink(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Progressive resizing (fast.ai's DAWNBench trick): early epochs see smaller images, which cost
+    about (size/32)^2 as much; the global max-pool head makes the net indifferent to the input size."""
+    if x.shape[-1] == size:
+        return x
+    # antialiased resizing has no half-precision kernel on every device: resize in fp32, cast back
+    out = F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return out.to(x.dtype).contiguous(memory_format=memory_format_of(x))
+
+
 def _check_uint8(images: torch.Tensor, name: str) -> None:
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
         got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
@@ -202,7 +212,7 @@ class DeviceLoader:
                  translate: int = 0, cutout: int = 0, brightness: float = 0.0, contrast: float = 0.0,
                  seed: int = 0, drop_last: bool | None = None):
         _check_uint8(images, "images")
-        _check_options(images, labels, batch_size, flip, translate, cutout)
+        _check_labels(images, labels)
         self.device, self.dtype, self.channels_last = torch.device(device), dtype, channels_last
         images = images.to(self.device)
         if mean is None or std is None:
@@ -211,8 +221,6 @@ class DeviceLoader:
         self.std = torch.as_tensor(std, dtype=torch.float32).cpu()
         self.train, self.batch_size, self.seed = train, batch_size, seed
         self.flip, self.cutout = flip, cutout
-        if not (0 <= brightness and 0 <= contrast < 1):
-            raise ValueError(f"brightness={brightness} must be >= 0 and contrast={contrast} in 0..1 (normalised units)")
         self.brightness, self.contrast = brightness, contrast
         self.drop_last = train if drop_last is None else drop_last
         # only the padded copy is stored: `images` is a view of its centre
@@ -249,7 +257,8 @@ class DeviceLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        state, chunks = self._state(), self._chunks(*self._plan())
+        with region("hlb:augment_plan"):   # the epoch's plan, for benchmarks/profile_run.py
+            state, chunks = self._state(), self._chunks(*self._plan())
         self.epoch += 1
         return self._batches(state, chunks)
 
@@ -323,15 +332,7 @@ class DeviceLoader:
                 f"epoch={self.epoch})")
 
 
-def _check_options(images, labels, batch_size, flip, translate, cutout) -> None:
-    size = min(images.shape[-2:])
+def _check_labels(images, labels) -> None:
+    # the data's shape is checked here, where the data comes in; the settings were checked by the config
     if not isinstance(labels, torch.Tensor) or labels.shape != (len(images),):
         raise ValueError(f"labels must be a tensor of shape ({len(images)},), one per image")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be a positive integer (images per batch)")
-    if flip not in FLIP_MODES:
-        raise ValueError(f"flip={flip!r}: choose one of {FLIP_MODES}")
-    if not 0 <= translate < size:
-        raise ValueError(f"translate={translate} must be in 0..{size - 1} (pixels)")
-    if not 0 <= cutout <= size:
-        raise ValueError(f"cutout={cutout} must be in 0..{size} (pixels)")

@@ -18,13 +18,11 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-ACTIVATIONS = {"gelu": nn.GELU, "silu": nn.SiLU, "relu": nn.ReLU}
+from .config import ACTIVATIONS
 
 
 def make_act(name: str) -> nn.Module:
-    """A fresh activation module by name ('gelu', 'silu' or 'relu')."""
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of {tuple(ACTIVATIONS)}")
+    """A fresh activation module by name (one of `config.ACTIVATIONS`: 'gelu', 'silu' or 'relu')."""
     return ACTIVATIONS[name]()
 
 
@@ -281,9 +279,7 @@ def make_net(cfg, classes: int = 10) -> nn.Module:
     """
     if cfg.net == "record":
         return make_record_net(tuple(cfg.widths), cfg.act, cfg.bn_momentum, cfg.bn_eps, cfg.whiten_act, classes)
-    if cfg.net == "seed":
-        return make_seed_net(tuple(cfg.widths), cfg.act, cfg.bn_momentum, cfg.bn_eps, classes)
-    raise ValueError(f"TrainConfig.net={cfg.net!r} is unknown; choose one of ('record', 'seed')")
+    return make_seed_net(tuple(cfg.widths), cfg.act, cfg.bn_momentum, cfg.bn_eps, classes)
 
 
 def count_params(net: nn.Module, trainable_only: bool = False) -> int:

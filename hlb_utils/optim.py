@@ -14,13 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import sgd_lr_scale
+from .config import NS_COEFFS, sgd_lr_scale
 from .device import pick_dtype
 
-# Quintic Newton-Schulz coefficients of airbench94_muon / Keller Jordan's Muon: picked to lift small
-# singular values fast, at the price of leaving them spread around 1 instead of exactly 1.
-# hiverge's record retuned them (TrainConfig.ns_coeffs in the `record` profile).
-NS_COEFFS = (3.4445, -4.7750, 2.0315)
 PARAM_KINDS = ("filters", "norm_biases", "whiten_bias", "head", "other")
 
 
@@ -121,10 +117,6 @@ class Muon(torch.optim.Optimizer):
                  ns_steps: int = 3, dtype: torch.dtype | None = None, ns_coeffs: tuple = NS_COEFFS,
                  weight_decay: float = 0.0, renorm_every: int = 1, renorm_growth: float = 0.0,
                  batch: str = "shape", total_steps: int | None = None) -> None:
-        if lr < 0 or not 0 <= momentum < 1 or ns_steps < 1 or renorm_every < 1 or batch not in ("shape", "pad"):
-            raise ValueError(f"Muon: need lr >= 0, 0 <= momentum < 1, ns_steps >= 1, renorm_every >= 1, "
-                             f"batch 'shape' or 'pad'; got lr={lr}, momentum={momentum}, ns_steps={ns_steps}, "
-                             f"renorm_every={renorm_every}, batch={batch!r}")
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
                                       ns_coeffs=tuple(ns_coeffs), weight_decay=weight_decay))
         self.ns_dtype, self.batch = dtype, batch
@@ -224,10 +216,8 @@ def lr_multiplier(cfg, step: int, total_steps: int) -> float:
     t = min(max(step / total_steps, 0.0), 1.0)
     if cfg.schedule == "linear":
         points = [(0.0, 0.0 if cfg.warmup > 0 else 1.0), (cfg.warmup, 1.0), (1.0, cfg.end_lr)]
-    elif cfg.schedule == "onecycle":
+    else:   # 'onecycle'
         points = [(0.0, cfg.start_lr), (cfg.peak, 1.0), (1.0, cfg.end_lr)]
-    else:
-        raise ValueError(f"TrainConfig.schedule={cfg.schedule!r} is unknown; choose 'linear' or 'onecycle'")
     return float(_piecewise_linear(t, points))
 
 
@@ -303,11 +293,9 @@ def make_optimizers(net: nn.Module, cfg, dtype: torch.dtype | None = None) -> li
                            ns_coeffs=cfg.ns_coeffs, weight_decay=cfg.filter_weight_decay * cfg.batch_size,
                            renorm_every=cfg.renorm_every, renorm_growth=cfg.renorm_growth,
                            batch=cfg.muon_batch, dtype=dtype)]
-    elif cfg.optimizer == "sgd":
+    else:   # 'sgd'
         sgd_groups.append(_group("filters", parts["filters"] + parts["other"], cfg.lr / scale, wd))
         optimizers = []
-    else:
-        raise ValueError(f"TrainConfig.optimizer={cfg.optimizer!r} is unknown; choose 'muon' or 'sgd'")
     sgd_groups = [g for g in sgd_groups if g["params"]]
     # PyTorch refuses Nesterov without momentum, so sgd_momentum=0 means plain SGD.
     optimizers.insert(0, torch.optim.SGD(sgd_groups, lr=bias_lr, momentum=cfg.sgd_momentum,

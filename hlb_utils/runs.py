@@ -29,19 +29,10 @@ import torch
 from . import __version__
 from .config import TrainConfig
 from .evaluate import tta_passes
+from .failures import FailedRun
 from .model import count_flops, count_params, make_net
 from .stats import NA, summarize_accuracies
 from .train import TrainResult, train
-
-
-@dataclass
-class FailedRun:
-    """A run that raised, or whose worker died more often than its retries allow: in the table, never
-    in the statistics."""
-
-    config: TrainConfig
-    error: str
-    host: str = ""
 
 
 @dataclass

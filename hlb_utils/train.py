@@ -7,8 +7,9 @@ trained weights by accident. Timing follows the anchors: only the training steps
 augmentation and compilation are measured apart and reported on their own.
 
 `train_loop` is the loop itself, on one screen; what can go wrong (a diverging loss, Ctrl-C, GPU memory)
-and what is recorded (the history, the progress line) sit at its edges, in history.py, and compiling,
-the warm-up before the clock and the fallback to eager live in compiling.py.
+and what is recorded (the history, the progress line) sit at its edges, in history.py; the test
+evaluation between epochs is evaluate.py's, and compiling, the warm-up before the clock and the
+fallback to eager live in compiling.py.
 
 Command line (for headless runs and the GPU benchmark), in hlb_utils/cli.py:
     python -m hlb_utils train --profile quick --runs 2 --data PATH --out runs/quick
@@ -16,8 +17,8 @@ Command line (for headless runs and the GPU benchmark), in hlb_utils/cli.py:
 from __future__ import annotations
 
 import math
-import resource
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -25,7 +26,6 @@ from typing import Callable
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import data as data_mod
@@ -33,8 +33,8 @@ from . import optim as optim_mod
 from .config import TrainConfig, get_profile
 from .compiling import check_compiled, compile_choice, compile_run, dynamo_gave_up, prepare
 from .device import Timer, device_name, dtype_name, mixed_precision, pick_device, pick_dtype, region, use_channels_last
-from .evaluate import evaluate, memory_format_of
-from .loader import DeviceLoader
+from .evaluate import epoch_scores, evaluate
+from .loader import DeviceLoader, shrink
 from .model import init_whitening, make_net
 from .optim import EMA, Muon, lr_multiplier, smoothed_cross_entropy
 from .history import COLUMNS, EpochLog, stops_cleanly
@@ -68,19 +68,11 @@ class TrainResult:
     model: nn.Module | None = field(default=None, repr=False)
 
 
-def _subset(images, labels, n, seed=0):
-    """The first n of a fixed shuffle, so a subset holds every class (the replica is class-ordered)."""
-    if n is None or n >= len(labels):
-        return images, labels
-    order = data_mod.shuffled_indices(len(labels), n, seed)
-    return images[order], labels[order]
-
-
 def make_loaders(cfg: TrainConfig, data, device, dtype=torch.float32, channels_last: bool = False):
     """The training and test DeviceLoaders `train()` uses (test normalised with the training statistics)."""
     device = torch.device(device)
-    train_x, train_y = _subset(data.train_images, data.train_labels, cfg.train_subset)
-    test_x, test_y = _subset(data.test_images, data.test_labels, cfg.test_subset)
+    train_x, train_y = data_mod.subset(data.train_images, data.train_labels, cfg.train_subset)
+    test_x, test_y = data_mod.subset(data.test_images, data.test_labels, cfg.test_subset)
     train = DeviceLoader(train_x, train_y, cfg.batch_size, train=True, device=device, dtype=dtype,
                          channels_last=channels_last, flip=cfg.flip, translate=cfg.translate,
                          cutout=cfg.cutout, brightness=cfg.brightness, contrast=cfg.contrast, seed=cfg.seed)
@@ -156,12 +148,15 @@ def forward_loss(model: Callable, x: torch.Tensor, y: torch.Tensor, *, loss_fn: 
 
 
 def train_loop(cfg: TrainConfig, plan: Plan, net: nn.Module, forward: Callable, model: Callable,
-               optimizers: list, loader: DeviceLoader, timer: Timer, log: EpochLog) -> EMA | None:
+               optimizers: list, loader: DeviceLoader, timer: Timer, log: EpochLog,
+               evaluate_epoch: Callable) -> EMA | None:
     """The training loop (notebook 04): each step sets the schedule's lrs, (shrinks the images), runs
     the forward pass and the loss, the backward pass, the optimisers' step and the averaging. Only
-    the steps are timed; each epoch then adds a row to the history. Returns the EMA (None if off).
+    the steps are timed; each epoch then evaluates the test set (when due) and adds a row to the
+    history. Returns the EMA (None if off).
 
-    `forward(x, y) -> (loss, logits)` runs `net` (or its compiled self); `model` evaluates.
+    `forward(x, y) -> (loss, logits)` runs `net` (or its compiled self); `model` evaluates:
+    `evaluate_epoch(model, ema) -> scores` (`evaluate.epoch_scores` on the test loader).
     """
     ema, step = None, 0
     with stops_cleanly(cfg, timer, log):
@@ -189,7 +184,8 @@ def train_loop(cfg: TrainConfig, plan: Plan, net: nn.Module, forward: Callable, 
                         else:
                             ema.update(net)
                 timer.stop()
-            log.epoch(epoch, step, lr, model, ema)   # evaluation, outside the timer
+            scores = evaluate_epoch(model, ema) if log.evaluates(epoch) else {}   # outside the timer
+            log.epoch(epoch, step, lr, scores)
     return ema
 
 
@@ -244,9 +240,11 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
                                                if compile_seconds else ""))
 
     timer = Timer(device)
-    log = EpochLog(cfg, plan, test_loader, timer, autocast, verbose)
+    log = EpochLog(cfg, plan, timer, verbose)
+    evaluate_epoch = partial(epoch_scores, loader=test_loader, autocast_dtype=autocast)
     try:
-        ema = train_loop(cfg, plan, net, run.forward, run.model, optimizers, train_loader, timer, log)
+        ema = train_loop(cfg, plan, net, run.forward, run.model, optimizers, train_loader, timer, log,
+                         evaluate_epoch)
     finally:
         for p in stopping:   # the net leaves as it came: a learner's net trains again as before
             p.requires_grad_(True)
@@ -301,21 +299,17 @@ def _first_batches(loader: DeviceLoader, cfg: TrainConfig, plan: Plan) -> list:
     return [(x, y)] + ([(shrink(x, cfg.low_res), y)] if plan.low_res else [])
 
 
-def shrink(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Progressive resizing (fast.ai's DAWNBench trick): early epochs see smaller images, which cost
-    about (size/32)^2 as much; the global max-pool head makes the net indifferent to the input size."""
-    if x.shape[-1] == size:
-        return x
-    # antialiased resizing has no half-precision kernel on every device: resize in fp32, cast back
-    out = F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return out.to(x.dtype).contiguous(memory_format=memory_format_of(x))
-
-
-def _peak_memory_mb(device) -> float:
-    """Peak CUDA memory of this run; elsewhere the process's peak resident memory (Linux: KiB)."""
+def _peak_memory_mb(device) -> float | None:
+    """Peak CUDA memory of this run; elsewhere the process's peak resident memory, where the platform
+    reports it (POSIX's `resource`; Windows has none: None)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024   # bytes on macOS, KiB on Linux
 
 
 def at_chance(accuracy: float, classes: int, n_test: int) -> bool:

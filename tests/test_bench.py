@@ -199,7 +199,7 @@ def test_profile_run_sorts_a_real_runs_time_and_never_beats_the_flop_floor(repli
     with open(out / "phases.csv", newline="") as f:
         phases = {row["region"]: row for row in csv.DictReader(f)}
     inside = [name for name in phases if name.startswith("training: ")]
-    # the library names the epoch and augmentation; the script adds the step's phases from outside
+    # the library names the epoch and augmentation; the step's phases come from torch's own ranges
     assert {"training: forward", "training: backward", "training: optimizer", "training: augment"} <= set(inside)
     assert "hlb:augment_plan" in phases   # the loader's plan of each epoch, before the clock starts
     epoch_ms = float(phases["hlb:train_epoch"]["host_ms"])

@@ -1,10 +1,9 @@
-"""The config owns its allowed values; the modules that use them agree (issue 14).
+"""The config owns the knobs' allowed values, and each value works in the module that uses it.
 
-config.py imports none of our modules, so it names the activations, flips, TTA modes, precisions,
-compile modes and Newton-Schulz coefficients itself. Here every allowed value is fed to the module
-that uses it, and every value a module knows must be allowed by the config. The SGD learning rates
-are read per 1024 examples (`config.sgd_lr_scale`): each profile must still make exactly the
-PyTorch optimisers it made with the published figures.
+config.py imports none of our modules and defines every allowed value once (the modules import them
+from it); here every allowed value is fed to the module that uses it. The SGD learning rates are read
+per 1024 examples (`config.sgd_lr_scale`): each profile must still make exactly the PyTorch
+optimisers it made with the published figures.
 """
 from __future__ import annotations
 
@@ -19,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+import hlb_utils
 from hlb_utils import compiling as Co
 from hlb_utils import config as C
 from hlb_utils import device as D
@@ -27,6 +27,9 @@ from hlb_utils import loader as L
 from hlb_utils import model as M
 from hlb_utils import optim as O
 
+ALLOWED = ("NETS", "ACTIVATIONS", "FLIP_MODES", "TTA_MODES", "OPTIMIZERS", "MUON_BATCHES", "SCHEDULES",
+           "DEVICES", "DTYPES", "WEIGHTS", "CHANNELS_LAST", "COMPILE_MODES", "COMPILE_SCOPES", "NS_COEFFS")
+
 
 def test_config_imports_none_of_our_modules():
     tree = ast.parse(Path(C.__file__).read_text())
@@ -34,24 +37,49 @@ def test_config_imports_none_of_our_modules():
     assert relative == [], f"config.py imports {relative}"
 
 
-def test_activations_agree():
-    assert set(M.ACTIVATIONS) == set(C.ACTIVATIONS)
+def test_allowed_values_are_defined_in_config_only():
+    # Every other module may import them from config, never assign its own.
+    package = Path(hlb_utils.__file__).parent
+    for path in package.glob("*.py"):
+        if path.name == "config.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = node.targets if isinstance(node, ast.Assign) else \
+                [node.target] if isinstance(node, ast.AnnAssign) else []
+            names = {t.id for t in targets if isinstance(t, ast.Name)}
+            assert not names & set(ALLOWED), f"{path.name} defines {names & set(ALLOWED)}"
+    assert all(hasattr(C, name) for name in ALLOWED)
+
+
+def test_every_choice_is_a_config_constant():
+    # the validation table uses the named values, so a new value is added in one place
+    named = {id(getattr(C, name)) for name in ALLOWED}
+    for field, allowed in C._CHOICES.items():
+        assert id(allowed) in named or field == "dtype", field
+    assert C._CHOICES["dtype"] == ("auto", *C.DTYPES)
+
+
+def test_every_activation_runs_in_the_net():
     for name in C.ACTIVATIONS:
         assert isinstance(M.make_act(name), nn.Module)
         cfg = C.get_profile("quick", act=name, whiten_act=name)
         assert M.make_net(cfg)(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
-def test_flip_modes_agree():
-    assert set(L.FLIP_MODES) == set(C.FLIP_MODES)
+def test_every_flip_mode_runs_in_the_loader():
     images, labels = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8), torch.arange(8)
+    flipped = {}
     for flip in C.FLIP_MODES:
-        x, y = next(iter(L.DeviceLoader(images, labels, 4, train=True, flip=flip, translate=2)))
-        assert x.shape == (4, 3, 32, 32) and len(y) == 4
+        loader = L.DeviceLoader(images, labels, 8, train=True, flip=flip, translate=0, seed=1)
+        x, y = next(iter(loader))
+        assert x.shape == (8, 3, 32, 32) and len(y) == 8
+        flipped[flip] = x
+    # 'none' leaves every image as it is; the other two mirror some of them
+    plain = next(iter(L.DeviceLoader(images, labels, 8, train=True, flip="none", translate=0, seed=1)))[0]
+    assert torch.equal(flipped["none"], plain) and not torch.equal(flipped["random"], plain)
 
 
-def test_tta_modes_agree():
-    assert set(E.TTA_MODES) == set(C.TTA_MODES)
+def test_every_tta_mode_runs_in_the_evaluation():
     net = M.make_net(C.get_profile("quick")).eval()
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
@@ -59,20 +87,17 @@ def test_tta_modes_agree():
             assert E.tta_logits(net, x, mode).shape == (4, 10) and E.tta_passes(mode) >= 1
 
 
-def test_precisions_agree():
-    assert set(D.DTYPES) == set(C.DTYPES)
-    for name in C.DTYPES:
+def test_every_precision_is_taken_as_asked():
+    for name, dtype in C.DTYPES.items():
         # a CUDA device object needs no GPU; named precisions are taken as asked there
-        dtype = D.pick_dtype(torch.device("cuda"), name)
+        assert D.pick_dtype(torch.device("cuda"), name) == dtype
         assert D.dtype_name(dtype) == name
-    assert set(D.WEIGHTS) == set(C.WEIGHTS)
     for weights in C.WEIGHTS:   # pick_dtype takes every holding of the weights config allows
         assert D.pick_dtype(torch.device("cuda"), "fp16", weights) == torch.float16
         assert D.pick_dtype(torch.device("cpu"), "auto", weights) == torch.float32
 
 
-def test_compile_modes_agree_with_the_module_and_with_torch(monkeypatch):
-    assert set(Co.COMPILE_MODES) == set(C.COMPILE_MODES)
+def test_every_compile_mode_is_torchs_and_is_chosen_on_a_large_gpu(monkeypatch):
     from torch import _inductor
 
     # A large GPU with Triton, simulated: every allowed mode is the one compile_choice picks.
@@ -84,26 +109,39 @@ def test_compile_modes_agree_with_the_module_and_with_torch(monkeypatch):
         assert Co.compile_choice(True, torch.device("cuda"), mode)[0] == mode
 
 
-def test_newton_schulz_coefficients_agree():
+def test_newton_schulz_defaults_to_the_configs_coefficients():
     default = inspect.signature(O.newton_schulz).parameters["coeffs"].default
-    assert C.NS_COEFFS == O.NS_COEFFS == default == C.TrainConfig().ns_coeffs
+    assert default == C.NS_COEFFS == C.TrainConfig().ns_coeffs
 
 
 def test_the_remaining_choices_work_in_their_modules():
     quick = C.get_profile("quick")
     net = M.make_net(quick)
-    for schedule in C._CHOICES["schedule"]:
+    for schedule in C.SCHEDULES:
         assert 0 <= O.lr_multiplier(quick.replace(schedule=schedule), 3, 10) <= 1
-    for optimizer in C._CHOICES["optimizer"]:
-        assert O.make_optimizers(net, quick.replace(optimizer=optimizer))
-    for batch in C._CHOICES["muon_batch"]:
+    assert O.lr_multiplier(quick.replace(schedule="onecycle", start_lr=0.0), 0, 10) == 0.0
+    for optimizer in C.OPTIMIZERS:
+        kinds = {type(opt).__name__ for opt in O.make_optimizers(net, quick.replace(optimizer=optimizer))}
+        assert kinds == ({"SGD", "Muon"} if optimizer == "muon" else {"SGD"})
+    for batch in C.MUON_BATCHES:
         muon = O.make_optimizers(net, quick.replace(muon_batch=batch))[-1]
         assert isinstance(muon, O.Muon) and muon.batch == batch
-    for kind in C._CHOICES["net"]:
+    for kind in C.NETS:
         cfg = quick.replace(net=kind, widths=(8, 8, 8, 8) if kind == "seed" else (8, 8, 8))
         assert M.make_net(cfg)(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
-    assert {D.use_channels_last(torch.device("cpu"), s) for s in C._CHOICES["channels_last"]} == {True, False}
+    assert {D.use_channels_last(torch.device("cpu"), s) for s in C.CHANNELS_LAST} == {True, False}
     assert D.pick_device("cpu").type == "cpu"
+
+
+@pytest.mark.parametrize("field, value", [
+    ("flip", "sideways"), ("tta", "all"), ("act", "tanh"), ("net", "resnet"), ("optimizer", "adam"),
+    ("schedule", "cosine"), ("muon_batch", "all"), ("dtype", "fp8"), ("compile_mode", "fast"),
+    ("translate", 9), ("cutout", 40), ("batch_size", 0), ("brightness", -0.1),
+])
+def test_a_value_out_of_the_allowed_ones_is_refused_at_the_config(field, value):
+    # the one check: the modules that use these values trust the config
+    with pytest.raises(ValueError, match=f"TrainConfig.{field}="):
+        C.get_profile("quick", **{field: value})
 
 
 # ---- learning rates per 1024 examples -----------------------------------------------------------
@@ -146,37 +184,3 @@ def test_every_profile_makes_the_optimisers_it_made_before(profile):
         assert math.isclose(group["initial_lr"], lr, rel_tol=1e-12)
         if not isinstance(opt, O.Muon):
             assert math.isclose(group["weight_decay"] * group["lr"], expected["decay"], rel_tol=1e-12)
-
-
-# ---- the notebooks' sizes ------------------------------------------------------------------------
-
-# Which recipe each named size changes: a profile's own, the seed profile's, or none (plain values).
-_SIZED_RECIPE = {"seed_net": "seed", "recipe_steps": "seed", "ablation": "own", "sweep": "own"}
-
-
-@pytest.mark.parametrize("profile", C.PROFILE_NAMES)
-def test_every_notebook_size_is_valid_in_every_profile(profile):
-    for name in C.NOTEBOOK_SIZE_NAMES:
-        size = C.notebook_size(name, profile)
-        if name in _SIZED_RECIPE:
-            base = C.get_profile(profile if _SIZED_RECIPE[name] == "own" else _SIZED_RECIPE[name])
-            base.replace(**size)   # validated: a misspelt field or a value out of range raises
-        elif name == "se_widths":
-            C.get_profile("seed", widths=size)
-        elif name == "sweep_epochs":
-            assert size and all(C.get_profile(profile, epochs=e).epochs == e for e in size)
-        elif name == "baseline":
-            assert {"subset", "epochs", "widths", "num_workers"} <= set(size)
-        else:
-            assert isinstance(size, int) and size >= 1, (name, size)
-
-
-def test_notebook_size_defaults_to_the_resolved_profile_and_hands_out_copies(monkeypatch):
-    monkeypatch.setenv("HLB_PROFILE", "quick")
-    assert C.notebook_size("record_runs") == C.notebook_size("record_runs", "quick") == 2
-    assert C.notebook_size("record_runs", "record") == 5   # GPU profiles run at full size
-    changes = C.notebook_size("ablation")
-    changes["epochs"] = 99
-    assert C.notebook_size("ablation")["epochs"] != 99
-    with pytest.raises(ValueError, match="did you mean 'ablation'"):
-        C.notebook_size("ablations")

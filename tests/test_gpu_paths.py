@@ -22,7 +22,7 @@ from torch.utils._pytree import tree_leaves
 
 from hlb_utils import compiling as comp
 from hlb_utils import device as dev
-from hlb_utils import data, history, loader, model, notebook, optim, runs, train
+from hlb_utils import data, evaluate, history, loader, model, notebook, optim, runs, train
 from hlb_utils.config import get_profile
 
 from test_device import simulate_gpu
@@ -210,7 +210,7 @@ def test_warm_up_restores_weights_buffers_optimiser_state_and_lrs_bit_for_bit(sy
     before = state_of(run, optimizers)
     counts = [v for k, v in before["net"].items() if k.endswith("num_batches_tracked")]
     assert all(before["state"]) and counts and all(c == 1 for c in counts)
-    comp.warm_up(run, optimizers, [(x, y), (train.shrink(x, 16), y)])
+    comp.warm_up(run, optimizers, [(x, y), (loader.shrink(x, 16), y)])
     assert optimizers[-1].state_dict()["renorm_clock"] == clock   # Muon's renormalisation clock too
     after = state_of(run, optimizers)
     for name, tensor in before["net"].items():
@@ -411,7 +411,8 @@ def test_the_timed_loop_never_waits_for_the_host(synthetic):
     forward = partial(train.forward_loss, net, loss_fn=partial(optim.smoothed_cross_entropy, reduction="sum"),
                       autocast=None)
     timer = train.Timer(meta)
-    log = history.EpochLog(cfg, plan, test_loader, timer, None, verbose=False)
+    log = history.EpochLog(cfg, plan, timer, verbose=False)
+    scores = partial(evaluate.epoch_scores, loader=test_loader)
     traffic, start, stop = HostDeviceTraffic(), timer.start, timer.stop
     with traffic:   # the mode sees what it is meant to see
         torch.arange(3).to(meta)
@@ -420,7 +421,7 @@ def test_the_timed_loop_never_waits_for_the_host(synthetic):
     timer.start = lambda: (start(), traffic.__enter__())
     timer.stop = lambda: (traffic.__exit__(None, None, None), stop())[1]
     with pytest.raises(RuntimeError, match="meta"):   # the epoch's summary reads the loss, after the clock
-        train.train_loop(cfg, plan, net, forward, net, optimizers, train_loader, timer, log)
+        train.train_loop(cfg, plan, net, forward, net, optimizers, train_loader, timer, log, scores)
     assert timer.total > 0 and traffic.seen == []
 
 

@@ -93,7 +93,7 @@ PROFILE_TABLE = re.compile(r"""["']quick["']\s*:|\bquick\s*=|\[(?:cfg\.)?profile
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
 def test_sizes_live_in_the_config_not_in_config_cells(path):
-    # hu.config.notebook_size holds each notebook's sizes, so a config cell lists its chapter's knobs.
+    # hu.sizes.notebook_size holds each notebook's sizes, so a config cell lists its chapter's knobs.
     for cell in _code_cells(_read(path)):
         assert not PROFILE_TABLE.search(cell.source), f"{path.name}: a per-profile table in\n{cell.source}"
 

@@ -11,6 +11,7 @@ import torch
 import hlb_utils
 from hlb_utils import loader, runs, train
 from hlb_utils.config import get_profile
+from hlb_utils.model import make_net
 
 from synthetic import synthetic_dataset
 
@@ -77,19 +78,27 @@ def test_series_with_no_finished_run_has_no_headline(synthetic, tmp_path, monkey
 
 
 def test_run_stopped_in_its_final_evaluation_counts_as_interrupted(synthetic, tmp_path, monkeypatch):
-    # Ctrl-C during run 2's test-time augmentation: no TrainResult comes back for it.
-    calls, original = {"n": 0}, train.evaluate
+    # Ctrl-C during run 2's test-time augmentation: no TrainResult comes back for it. Run 2 trains a
+    # net of ours (run_many's train_fn, train's model) whose forward hook raises at its third call in
+    # eval mode: one evaluation after each of its 2 epochs (one batch each), then the final one with TTA.
+    cfg = tiny_cfg()
+    assert (cfg.epochs, cfg.eval_every, cfg.tta) == (2, 1, "flip") and len(synthetic.test_labels) <= 250
 
-    def evaluate(net, loader, tta="none", **kwargs):
-        if tta != "none":
-            calls["n"] += 1
-            if calls["n"] == 2:
-                raise KeyboardInterrupt
-        return original(net, loader, tta=tta, **kwargs)
+    def train_fn(run_cfg, data, **kwargs):
+        net = make_net(run_cfg)
+        if run_cfg.seed == cfg.seed + 1:
+            evaluations = []
 
-    monkeypatch.setattr(train, "evaluate", evaluate)
+            def stop_in_the_final_evaluation(module, args):
+                evaluations.append(module.training)
+                if evaluations.count(False) == 3:
+                    raise KeyboardInterrupt
+
+            net.register_forward_pre_hook(stop_in_the_final_evaluation)
+        return train.train(run_cfg, data, model=net, **kwargs)
+
     saved = []
-    result = runs.run_many(tiny_cfg(), synthetic, runs=3, verbose=False, on_run=saved.append)
+    result = runs.run_many(cfg, synthetic, runs=3, verbose=False, on_run=saved.append, train_fn=train_fn)
     assert len(result.results) == 1 and result.counts == dict(runs_requested=3, runs_finished=1,
                                                                 runs_interrupted=1, runs_failed=0)
     assert saved[-1].counts["runs_interrupted"] == 1   # the records written last say so too

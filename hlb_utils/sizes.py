@@ -1,0 +1,72 @@
+"""What each notebook changes in its recipe to fit the machine: `notebook_size(name)`.
+
+The GPU profiles run every notebook at full size; on a CPU a notebook that trains many times
+shortens each run so that it stays within about 15 minutes on two cores. The sizes live here, beside
+the notebooks' helpers (`notebook.py`), not in the notebooks' config cells, so that a config cell lists
+the knobs its chapter is about; the learner can still overwrite the value there.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+from typing import Any
+
+from .config import resolve_profile
+
+# The sizes by name, then by profile ('default': the GPU profiles' full size). `quick` is for the
+# tests only: its runs are too short to learn anything from.
+_SHORT_EMA_CPU = dict(ema_epochs=0.5, ema_decay=0.8)
+_SHORT_EMA_QUICK = dict(ema_epochs=0.5, ema_decay=0.5)
+_NOTEBOOK_SIZES: dict[str, dict[str, Any]] = {
+    # 01: training images the loader timing passes over
+    "loader_timing_images": dict(default=50_000, quick=5_000),
+    # 02: the conventional baseline's training images (None: all), epochs, widths and loader workers
+    "baseline": dict(
+        default=dict(subset=None, epochs=10, widths=(64, 128, 256), num_workers=2),
+        cpu=dict(subset=10_000, epochs=4, widths=(32, 64, 128), num_workers=0),
+        quick=dict(subset=2000, epochs=2, widths=(16, 32, 64), num_workers=0, test_subset=1000)),
+    # 03: changes to the seed profile. Short runs get a short weight average: the EMA's memory,
+    # ema_every / (1 - ema_decay) steps (about 70 in the seed recipe), must be well inside the last
+    # ema_epochs of the run.
+    "seed_net": dict(
+        default={},
+        cpu=dict(widths=(16, 64, 128, 256), epochs=4, train_subset=20_000, batch_size=256, **_SHORT_EMA_CPU),
+        quick=dict(widths=(8, 16, 32, 64), epochs=2, batch_size=250, train_subset=2000, test_subset=1000,
+                   **_SHORT_EMA_QUICK)),
+    # 04: changes to the seed profile for six trainings in a row, each shorter than notebook 03's
+    "recipe_steps": dict(
+        default={},
+        cpu=dict(widths=(8, 32, 64, 128), epochs=3, batch_size=256, train_subset=15_000, test_subset=5000,
+                 **_SHORT_EMA_CPU),
+        quick=dict(widths=(8, 16, 32, 64), epochs=1, batch_size=250, train_subset=1000, test_subset=500,
+                   **_SHORT_EMA_QUICK)),
+    # 05: changes to the profile's recipe for each ablation run
+    "ablation": dict(
+        default={},
+        cpu=dict(train_subset=8000, epochs=3, low_res_epochs=2, batch_size=250, test_subset=5000),
+        quick=dict(train_subset=1000, epochs=1, test_subset=500)),
+    # 05: the SE-ResNet of notebook 03, about as wide as the profile's network
+    "se_widths": dict(default=(64, 128, 256, 512), cpu=(32, 64, 128, 256), quick=(8, 16, 32, 64)),
+    # 06: counted runs of the record notebook (a CPU run of the `cpu` profile takes minutes)
+    "record_runs": dict(default=5, cpu=1, quick=2),
+    # 07: changes to the profile's recipe for each sweep run; at full size on a CPU, epochs mean the
+    # same as in the profile
+    "sweep": dict(default={}, cpu=dict(train_subset=10_000, test_subset=5000, low_res=0),
+                  quick=dict(train_subset=1000, test_subset=500)),
+    # 07: the epochs its default sweep tries, and the seeds that confirm the best point
+    "sweep_epochs": dict(default=[5, 6, 7, 8, 9, 10], seed=[6, 8, 10, 12], cpu=[1, 2, 4], quick=[1, 2]),
+    "confirm_runs": dict(default=5, seed=3, cpu=2, quick=2),
+}
+NOTEBOOK_SIZE_NAMES = tuple(_NOTEBOOK_SIZES)
+
+
+def notebook_size(name: str, profile: str | None = None) -> Any:
+    """A notebook's size `name` for `profile` (default: `config.resolve_profile()`), e.g. the changes
+    notebook 05 makes to each ablation run: `cfg.replace(**notebook_size("ablation"))`. A fresh copy
+    each call, so a notebook may change what it gets."""
+    if name not in _NOTEBOOK_SIZES:
+        near = difflib.get_close_matches(name, NOTEBOOK_SIZE_NAMES, n=1)
+        hint = f"did you mean {near[0]!r}?" if near else f"choose one of {NOTEBOOK_SIZE_NAMES}"
+        raise ValueError(f"no notebook size {name!r}; {hint}")
+    sizes = _NOTEBOOK_SIZES[name]
+    return copy.deepcopy(sizes.get(resolve_profile(profile), sizes["default"]))
