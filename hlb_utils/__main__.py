@@ -27,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         from hlb_utils import cli
 
         return cli.main(rest)
+    if command == "notebook" and rest[:1] == ["docs"]:
+        from hlb_utils import docs
+
+        return docs.main(rest[1:])
     if command == "notebook":
         from hlb_utils import notebook
 

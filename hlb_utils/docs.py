@@ -16,6 +16,7 @@ import datetime
 import functools
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -250,15 +251,20 @@ def make_docs(numbers: list[str] | None = None, out: str | Path = DOCS_OUT, prof
     return written
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `notebook docs` subcommand's options (the parser lives in `notebook.main`)."""
+def main(argv: list[str] | None = None) -> int:
+    """`python -m hlb_utils notebook docs [NN ...] [--out docs/notebooks] [--profile NAME] [--data SOURCE]`."""
+    parser = argparse.ArgumentParser(prog="python -m hlb_utils notebook docs",
+                                     description="Executed copies of the notebooks and README's figures.")
     parser.add_argument("numbers", nargs="*", help="notebook numbers, e.g. 01 06 (default: all)")
     parser.add_argument("--out", default=str(DOCS_OUT),
                         help="folder for the executed copies; figures go to its parent's figures/")
     parser.add_argument("--profile", default=None, help="default: HLB_PROFILE or auto")
     parser.add_argument("--data", default=None, help="CIFAR-10 source (default: HLB_DATA, else a download)")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds allowed per cell")
-
-
-def run_from_args(args: argparse.Namespace) -> None:
-    make_docs(args.numbers, args.out, profile=args.profile, data=args.data, timeout=args.timeout)
+    args = parser.parse_args(argv)
+    try:
+        make_docs(args.numbers, args.out, profile=args.profile, data=args.data, timeout=args.timeout)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0

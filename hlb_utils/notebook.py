@@ -280,8 +280,8 @@ def run_notebook(path: str | Path, out_dir: str | Path, profile: str | None = No
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m hlb_utils notebook run NOTEBOOK --out DIR [--profile NAME] [--data SOURCE] [--timeout S]`,
-    or `python -m hlb_utils notebook docs [NN ...] [--out docs/notebooks]` (`hlb_utils.docs`)."""
+    """`python -m hlb_utils notebook run NOTEBOOK --out DIR [--profile NAME] [--data SOURCE] [--timeout S]`
+    (`notebook docs ...` is dispatched to `hlb_utils.docs` by `__main__`, since docs runs notebooks)."""
     parser = argparse.ArgumentParser(prog="python -m hlb_utils notebook",
                                      description="Run a notebook of the series headless.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -291,16 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--profile", default=None, help="record, airbench, seed, cpu, quick (default: HLB_PROFILE or auto)")
     run.add_argument("--data", default=None, help="CIFAR-10 source (default: HLB_DATA, else a download)")
     run.add_argument("--timeout", type=int, default=3600, help="seconds allowed per cell")
-    from hlb_utils import docs
-
-    docs.add_arguments(sub.add_parser("docs", help="executed copies for docs/ and README's figures"))
     args = parser.parse_args(argv)
     from hlb_utils import config
 
     try:
-        if args.command == "docs":
-            docs.run_from_args(args)
-            return 0
         if args.profile:
             config.resolve_profile(args.profile)  # a bad name fails here, before a kernel starts
         run_notebook(args.notebook, args.out, profile=args.profile, timeout=args.timeout, data=args.data)
