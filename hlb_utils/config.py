@@ -26,6 +26,8 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 COMPILE_SCOPES = ("model", "step")                      # compiling.compile_run: the model, or forward + loss as one graph
 # Quintic Newton-Schulz coefficients of airbench94_muon (optim.newton_schulz's default)
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
+# The seeds a series may use (seed .. seed + runs - 1): what torch.manual_seed and NumPy both accept.
+SEED_RANGE = (0, 2**63 - 1)
 
 
 def sgd_lr_scale(momentum: float) -> float:
