@@ -221,7 +221,8 @@ def _default_sigint() -> None:
 
 
 @pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130),
+                                          (getattr(signal, "SIGHUP", signal.SIGTERM), 129)])
 def test_signal_during_run_2_keeps_and_marks_the_records(tmp_path, signum, code):
     source = write_source(tmp_path / "colours", per_class=10, test_per_class=5)
     out = tmp_path / "rec"
@@ -242,9 +243,88 @@ def test_signal_during_run_2_keeps_and_marks_the_records(tmp_path, signum, code)
         proc.kill()
     assert proc.returncode == code, stderr
     last = stderr.strip().splitlines()[-1]
-    assert last.startswith(f"stopped by {'SIGTERM' if signum == signal.SIGTERM else 'Ctrl-C'}")
+    assert last.startswith(f"stopped by {'Ctrl-C' if signum == signal.SIGINT else signal.Signals(signum).name}")
     assert "1 of 3 run(s) finished, 1 interrupted" in last and "Traceback" not in stderr, stdout + stderr
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["runs_requested"], summary["runs_finished"], summary["runs_interrupted"]) == (3, 1, 1)
     table = pd.read_csv(out / "runs.csv")
     assert table["status"].iloc[0] == "finished" and summary["accuracies"] == [table["test_accuracy"].iloc[0]]
+
+
+def test_a_stop_before_any_run_had_a_result_is_recorded(synthetic_source, monkeypatch, tmp_path, capsys):
+    def stopped(*args, **kwargs):   # Ctrl-C while the first net is built
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_many", stopped)
+    assert cli.main(TINY + ["--runs", "3", "--out", str(tmp_path), "--quiet"]) == 130
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["runs_requested"], summary["runs_finished"], summary["runs_interrupted"]) == (3, 0, 1)
+    assert summary["interrupted"] is True
+    assert "0 of 3 run(s) finished, 1 interrupted" in capsys.readouterr().err
+
+
+def test_ray_init_does_not_keep_its_own_signal_handlers(monkeypatch):
+    """ray.init replaces SIGTERM's handler; connect() puts the command line's back."""
+    from hlb_utils import cluster
+
+    class FakeRay:
+        initialized = False
+
+        def is_initialized(self):
+            return self.initialized
+
+        def init(self, **kwargs):
+            self.initialized = True
+            signal.signal(signal.SIGTERM, lambda *a: None)   # what Ray's driver does
+            if hasattr(signal, "SIGHUP"):
+                signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+        def shutdown(self):
+            pass
+
+    monkeypatch.setattr(cluster, "_ray", FakeRay)
+    monkeypatch.setattr(cluster, "describe", lambda ray: {"address": "fake"})
+    with cli._Signals() as stop:
+        assert cluster.connect("local") == {"address": "fake"}
+        assert signal.getsignal(signal.SIGTERM) == stop._on_signal
+        if hasattr(signal, "SIGHUP"):
+            assert signal.getsignal(signal.SIGHUP) == stop._on_signal
+
+
+def test_duplicate_archive_members_are_refused_by_name(tmp_path, capsys):
+    import io
+    import tarfile
+
+    source = write_source(tmp_path / "colours", per_class=2, test_per_class=1)
+    archive = tmp_path / "twice.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source, arcname="colours")
+        again = (source / "train" / "colour3" / "1.png").read_bytes()
+        info = tarfile.TarInfo("colours/train/colour3/1.png")
+        info.size = len(again)
+        tar.addfile(info, io.BytesIO(again))
+    assert cli.main(["--data", str(archive), "--profile", "quick", "--set", "train_subset=none",
+                     "--set", "batch_size=10", "--out", str(tmp_path / "rec")]) == 2
+    line = one_error_line(capsys)
+    assert "holds 1 image(s) more than once under the same name (colours/train/colour3/1.png)" in line
+
+
+def test_notebook_runner_checks_out_and_the_notebook_first(tmp_path, monkeypatch, capsys):
+    from hlb_utils import notebook
+
+    def never(*args, **kwargs):
+        raise AssertionError("a kernel started before the checks")
+
+    monkeypatch.setattr(notebook, "run_notebook", never)
+    not_a_notebook = tmp_path / "data.ipynb"
+    not_a_notebook.write_text(json.dumps({"cells": "none"}))
+    assert notebook.main(["run", str(not_a_notebook), "--out", str(tmp_path / "out")]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"error: {not_a_notebook} is not a valid notebook (")
+    (tmp_path / "text.ipynb").write_text("print(1)")
+    assert notebook.main(["run", str(tmp_path / "text.ipynb"), "--out", str(tmp_path / "out")]) == 2
+    assert "is not a valid notebook (Notebook does not appear to be JSON" in one_error_line(capsys)
+    (tmp_path / "file").write_text("taken")
+    # the folder is checked first: a bad --out is named even when the notebook is bad too
+    assert notebook.main(["run", str(not_a_notebook), "--out", str(tmp_path / "file" / "below")]) == 2
+    assert f"--out {tmp_path / 'file' / 'below'}: cannot write the executed notebook there" in one_error_line(capsys)
