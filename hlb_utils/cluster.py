@@ -84,17 +84,21 @@ def stop_signals() -> list[int]:
 
 class _signal_handlers_kept:
     """Puts back the handlers of `stop_signals()` as they were on entry (main thread only: elsewhere
-    Python allows no handlers)."""
+    Python allows no handlers). A SIGTERM that came while Ray's handler was in place (which exits with
+    the signal's number) is handed to the handler that was there before, as if Ray had not been there."""
 
     def __enter__(self):
         main = threading.current_thread() is threading.main_thread()
         self.saved = {s: signal.getsignal(s) for s in stop_signals()} if main else {}
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, err, trace) -> None:
         for signum, handler in self.saved.items():
             if handler is not None and signal.getsignal(signum) is not handler:
                 signal.signal(signum, handler)
+        previous = self.saved.get(signal.SIGTERM)
+        if isinstance(err, SystemExit) and err.code == signal.SIGTERM and callable(previous):
+            previous(signal.SIGTERM, None)   # the command line's: records the stop (KeyboardInterrupt)
 
 
 def check_address(cluster: str, timeout: float = 3.0) -> None:

@@ -9,6 +9,7 @@ nothing damaged reaches the cache or a training run:
   test images per class); one with other class names is clearly the learner's own data and loads,
   with a warning that states its counts (any number of classes: the nets size their heads from it);
 - a folder in neither layout, and an empty class folder, are named with what was found.
+- an archive that holds an image name twice is refused, naming it (both copies would count).
 """
 from __future__ import annotations
 

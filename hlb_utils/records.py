@@ -55,6 +55,7 @@ def write_files(folder: Path, texts: dict[str, str]) -> Path:
 def _write_temp(folder: Path, name: str, text: str) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=TMP_SUFFIX, dir=folder)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp's files are private; records are as readable as any file
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -63,6 +64,12 @@ def _write_temp(folder: Path, name: str, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return Path(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def series_name(when: _dt.datetime, folder: Path) -> str:

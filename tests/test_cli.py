@@ -92,10 +92,13 @@ def test_field_types_come_from_the_dataclass(monkeypatch):
     # a field the command line has never heard of is read by its annotation, not by a hand list
     import dataclasses
     import typing
+    from hlb_utils import changes
+
     hints = {**typing.get_type_hints(cli.TrainConfig), "seed": float}
-    monkeypatch.setattr(cli.typing, "get_type_hints", lambda cls: hints)
+    monkeypatch.setattr(changes.typing, "get_type_hints", lambda cls: hints)
     assert cli.parse_changes(["seed=1.5"]) == {"seed": 1.5}
-    assert {f.name for f in dataclasses.fields(cli.TrainConfig)} <= set(cli._field_types())
+    monkeypatch.undo()
+    assert {f.name for f in dataclasses.fields(cli.TrainConfig)} == set(changes._field_types())
 
 
 def test_the_record_holds_the_parsed_value(synthetic_source, tmp_path):
@@ -289,6 +292,17 @@ def test_ray_init_does_not_keep_its_own_signal_handlers(monkeypatch):
         assert signal.getsignal(signal.SIGTERM) == stop._on_signal
         if hasattr(signal, "SIGHUP"):
             assert signal.getsignal(signal.SIGHUP) == stop._on_signal
+
+    class TermDuringInit(FakeRay):   # SIGTERM while Ray's own handler is in place: it exits with 15
+        def init(self, **kwargs):
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(cluster, "_ray", TermDuringInit)
+    with cli._Signals() as stop:
+        with pytest.raises(KeyboardInterrupt):   # recorded as a stop, not a silent exit
+            cluster.connect("local")
+        assert stop.name == "SIGTERM" and stop.code == 143
 
 
 def test_duplicate_archive_members_are_refused_by_name(tmp_path, capsys):

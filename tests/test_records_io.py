@@ -49,6 +49,13 @@ def test_a_failed_write_keeps_the_older_files_whole_and_leaves_no_temp(tmp_path,
     assert (tmp_path / "b.json").read_text() == "old b" and leftovers(tmp_path) == []
 
 
+def test_records_are_as_readable_as_any_file(tmp_path):
+    records.write_files(tmp_path, {"summary.json": "{}"})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "summary.json").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
 def test_a_full_disk_while_writing_leaves_no_half_file(tmp_path, monkeypatch):
     records.write_files(tmp_path, {"summary.json": "{}"})
     monkeypatch.setattr(records.os, "fsync", no_space)
