@@ -212,9 +212,10 @@ def _error(message: str, code: int) -> int:
     return code
 
 
-def chance_cause(cfg: TrainConfig, steps: int) -> str:
+def chance_cause(cfg: TrainConfig, steps_per_epoch: int) -> str:
     """The likely reason a run learned nothing: a learning rate far from the profile's (the farthest,
     by ratio), else too few optimiser steps, else a plain lower lr to try."""
+    steps = max(1, round(cfg.epochs * steps_per_epoch))
     base = get_profile(cfg.profile) if cfg.profile in PROFILE_NAMES else TrainConfig()
     far = []
     for name in ("lr", "bias_lr", "head_lr"):
@@ -226,17 +227,16 @@ def chance_cause(cfg: TrainConfig, steps: int) -> str:
         side = f"{value / usual:.3g} times" if value > usual else f"1/{usual / max(value, 1e-12):.3g} of"
         return f"{name}={value:g} is {side} the {cfg.profile} profile's own {usual:.4g}; try --set {name}={usual:.4g}"
     if steps < FEW_STEPS:
-        more = cfg.epochs * math.ceil(FEW_STEPS / max(steps, 1))
-        return (f"only {steps} optimiser step(s) (epochs={cfg.epochs:g}) are too few to learn; "
-                f"try --set epochs={more:.3g}")
+        return (f"only {steps} optimiser step(s) (epochs={cfg.epochs:g} of {steps_per_epoch} steps) are too "
+                f"few to learn; try --set epochs={math.ceil(FEW_STEPS / steps_per_epoch)}")
     return f"try a lower learning rate, e.g. --set lr={cfg.lr / 2:.3g}"
 
 
-def _chance_line(result: RunsResult, steps: int) -> str:
+def _chance_line(result: RunsResult, steps_per_epoch: int) -> str:
     at_chance = [r for r in result.finished if r.at_chance]
     return (f"warning: {len(at_chance)} of {len(result.finished)} finished run(s) ended at chance level "
             f"(accuracy {at_chance[0].test_accuracy:.4f}): the net learned nothing; likely cause: "
-            f"{chance_cause(result.config, steps)}")
+            f"{chance_cause(result.config, steps_per_epoch)}")
 
 
 def _stopped_line(stop: _Signals, result: RunsResult, out: Path | None) -> str:
@@ -303,7 +303,7 @@ def _series(cfg: TrainConfig, args: argparse.Namespace, wall_start: float) -> in
     out = Path(args.out).expanduser() if args.out else None
     with _Signals() as stop:
         try:
-            result, steps, saver = _train(cfg, args, out, wall_start)
+            result, steps_per_epoch, saver = _train(cfg, args, out, wall_start)
         except data_mod.DataError as err:
             return _error(str(err), 2)
         except KeyboardInterrupt:
@@ -314,7 +314,7 @@ def _series(cfg: TrainConfig, args: argparse.Namespace, wall_start: float) -> in
         print(_stopped_line(stop, result, saver.where if saver else None), file=sys.stderr)
         code = stop.code
     elif any(r.at_chance for r in result.finished):
-        print(_chance_line(result, steps))
+        print(_chance_line(result, steps_per_epoch))
     if result.failed and not code:
         print(_failed_line(result), file=sys.stderr)
         code = 1
@@ -328,7 +328,7 @@ def _series(cfg: TrainConfig, args: argparse.Namespace, wall_start: float) -> in
 def _train(cfg: TrainConfig, args: argparse.Namespace, out: Path | None,
            wall_start: float) -> tuple[RunsResult, int, _Saver | None]:
     """Decode, train the series (writing the records after each run) and write them once more at the
-    end: (the result, the optimiser steps of one run, the saver). A stop before any run had a result
+    end: (the result, the optimiser steps per epoch, the saver). A stop before any run had a result
     is recorded too."""
     data = data_mod.load_cifar10(args.data)
     n_train = len(data.train_labels)
@@ -339,7 +339,6 @@ def _train(cfg: TrainConfig, args: argparse.Namespace, out: Path | None,
                                  f"used from {data.source}{subset}; lower it with --set batch_size=...")
     print(f"profile {cfg.profile}: {cfg.net} net, widths {cfg.widths}, {cfg.epochs} epochs, "
           f"batch {cfg.batch_size}, data {data.source}")
-    steps = max(1, round(cfg.epochs * cfg.steps_per_epoch(n_train)))
     saver = _Saver(out, data.source, wall_start) if out else None
     try:
         result = run_many(cfg, data, runs=args.runs, warmup_runs=args.warmup_runs, verbose=not args.quiet,
@@ -348,4 +347,4 @@ def _train(cfg: TrainConfig, args: argparse.Namespace, out: Path | None,
         result = RunsResult(cfg, [], requested=args.runs, stopped=True)
     if saver is not None and saver(result) is not None:
         print(f"run records written to {saver.where}")
-    return result, steps, saver
+    return result, cfg.steps_per_epoch(n_train), saver
