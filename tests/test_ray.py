@@ -169,6 +169,7 @@ def test_command_line_passes_the_cluster(synthetic, monkeypatch, tmp_path):
 
     monkeypatch.setattr(cli, "run_many", fake_run_many)
     monkeypatch.setattr(cli.data_mod, "load_cifar10", lambda source=None: synthetic)
+    monkeypatch.setattr(cluster, "check_address", lambda address: None)   # no head at that address here
     args = ["--profile", "quick", "--set", "epochs=1", "--set", "widths=[8,16,16]", "--quiet"]
     assert cli.main(args + ["--cluster", "10.0.0.1:6379"]) == 0
     assert seen["cluster"] == "10.0.0.1:6379"
