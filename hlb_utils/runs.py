@@ -143,20 +143,13 @@ def run_many(cfg: TrainConfig, data, runs: int = 5, target: float = 0.94, warmup
     results, failed, stopped = [], [], False
     try:
         for i in range(runs):
-            run_cfg = cfg.replace(seed=cfg.seed + i)
-            try:
-                res = train_fn(run_cfg, data, verbose=verbose and i == 0)
-            except TrainingDiverged as err:   # recorded as failed; the next seed may not diverge
-                failed.append(FailedRun(run_cfg, f"TrainingDiverged: {err.what}"))
-                res = None
-            if res is not None:
-                results.append(res)
+            res = _train_or_fail(train_fn, cfg.replace(seed=cfg.seed + i), data, verbose=verbose and i == 0)
+            (failed if isinstance(res, FailedRun) else results).append(res)
             if on_run is not None:
                 on_run(RunsResult(cfg, list(results), target, warm, failed=list(failed), requested=runs))
             if verbose:
-                print(_run_line(i, runs, res) if res is not None else
-                      f"run {i + 1}/{runs}: {failed[-1].error[len('TrainingDiverged: '):]}  (failed: not counted)")
-            if res is not None and res.interrupted:
+                print(_run_line(i, runs, res))
+            if isinstance(res, TrainResult) and res.interrupted:
                 break
     except KeyboardInterrupt:
         # stopped outside a run's epoch loop (between runs, building the net): the run under way, or
@@ -226,7 +219,17 @@ def _print_summary(out: RunsResult, verbose: bool) -> RunsResult:
     return out
 
 
-def _run_line(i: int, runs: int, res: TrainResult) -> str:
+def _train_or_fail(train_fn: Callable[..., TrainResult], cfg: TrainConfig, data, verbose: bool) -> TrainResult | FailedRun:
+    """One run of a series; a run whose loss diverged is a FailedRun naming the step (the next seed may not)."""
+    try:
+        return train_fn(cfg, data, verbose=verbose)
+    except TrainingDiverged as err:
+        return FailedRun(cfg, f"TrainingDiverged: {err.what}")
+
+
+def _run_line(i: int, runs: int, res: TrainResult | FailedRun) -> str:
+    if isinstance(res, FailedRun):
+        return f"run {i + 1}/{runs}: {res.error}  (failed: not counted)"
     line = f"run {i + 1}/{runs}: accuracy {res.test_accuracy:.4f}  training {res.train_seconds:.2f} s"
     if res.interrupted:
         return line + "  (interrupted: not counted)"
