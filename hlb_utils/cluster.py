@@ -67,7 +67,7 @@ def connect(cluster: str) -> dict:
     signals into a recorded interruption) are put back afterwards."""
     ray = _ray()
     if not ray.is_initialized():
-        with _signal_handlers_kept():
+        with _KeptHandlers():
             if cluster == "local":
                 _start_local(ray)
             else:
@@ -82,20 +82,28 @@ def stop_signals() -> list[int]:
     return [s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
 
 
-class _signal_handlers_kept:
-    """Puts back the handlers of `stop_signals()` as they were on entry (main thread only: elsewhere
-    Python allows no handlers). A SIGTERM that came while Ray's handler was in place (which exits with
-    the signal's number) is handed to the handler that was there before, as if Ray had not been there."""
+class _KeptHandlers:
+    """The handlers of `stop_signals()` as they were when made (main thread only: elsewhere Python
+    allows no handlers), put back by `restore()` and on leaving a `with` block. A SIGTERM that came while
+    Ray's handler was in place (which exits with the signal's number) is handed to the handler that was
+    there before, as if Ray had not been there."""
 
-    def __enter__(self):
+    def __init__(self) -> None:
         main = threading.current_thread() is threading.main_thread()
         self.saved = {s: signal.getsignal(s) for s in stop_signals()} if main else {}
+
+    def __enter__(self) -> "_KeptHandlers":
         return self
 
-    def __exit__(self, kind, err, trace) -> None:
+    def restore(self) -> None:
+        """Install the saved handlers again, even where Python believes they are in place: Ray's C++
+        core can replace one under Python's feet (its failure handler, which aborts the process)."""
         for signum, handler in self.saved.items():
-            if handler is not None and signal.getsignal(signum) is not handler:
+            if handler is not None:
                 signal.signal(signum, handler)
+
+    def __exit__(self, kind, err, trace) -> None:
+        self.restore()
         previous = self.saved.get(signal.SIGTERM)
         if isinstance(err, SystemExit) and err.code == signal.SIGTERM and callable(previous):
             previous(signal.SIGTERM, None)   # the command line's: records the stop (KeyboardInterrupt)
@@ -205,6 +213,7 @@ def run_on_cluster(configs: list[TrainConfig], data, cluster: str, warmup_runs: 
     each run comes back. Ctrl-C cancels the runs still out and returns the finished ones.
     """
     ray = _ray()
+    kept = _KeptHandlers()   # the handlers before Ray (the command line's)
     outcome = ClusterOutcome([None] * len(configs), cluster=connect(cluster))
     options, count = plan_workers([n["Resources"] for n in ray.nodes() if n.get("Alive")],
                                   threads or torch.get_num_threads())
@@ -223,7 +232,10 @@ def run_on_cluster(configs: list[TrainConfig], data, cluster: str, warmup_runs: 
         for worker in workers:
             submit(worker)
         while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
+            kept.restore()   # Ray's core worker can install its own SIGTERM handler late (it aborts)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)
+            if not ready:
+                continue
             index, worker = pending.pop(ready[0])
             outcome.runs[index] = _fetch(ray, ready[0], configs[index], outcome)
             submit(worker)
