@@ -33,7 +33,7 @@ from importlib import import_module
 __version__ = "0.1.0"
 _MODULES = ("config", "data", "loader", "model", "optim", "evaluate", "train", "progress",
             "runs", "stats", "plots", "notebook", "device", "baseline", "cli", "imagefolder", "cluster",
-            "history", "compiling", "compare", "dataset", "failures", "sizes")
+            "history", "compiling", "compare", "dataset", "failures", "sizes", "records", "changes")
 
 
 def __getattr__(name: str):

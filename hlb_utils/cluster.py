@@ -19,8 +19,12 @@ or `threads=`), so that the same seeds give the same accuracies here and there.
 """
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import statistics
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -54,17 +58,88 @@ def _ray():
 
 
 def connect(cluster: str) -> dict:
-    """Start a local Ray instance ("local") or join a running cluster (its address); reuse a connection
-    already made. Joining ships this copy of hlb_utils to the cluster, so every node runs the same code."""
+    """Start a local Ray instance ("local") or join a running cluster (its address, or "auto"); reuse a
+    connection already made. Joining ships this copy of hlb_utils to the cluster, so every node runs
+    the same code.
+
+    `ray.init` installs its own SIGTERM handler (and may touch SIGINT's), which would end the process
+    without the run records: the handlers in place before it (the command line's, which turn these
+    signals into a recorded interruption) are put back afterwards."""
     ray = _ray()
     if not ray.is_initialized():
-        if cluster == "local":
-            _start_local(ray)
-        else:
-            import hlb_utils
+        with _KeptHandlers():
+            if cluster == "local":
+                _start_local(ray)
+            else:
+                import hlb_utils
 
-            ray.init(address=cluster, runtime_env={"py_modules": [hlb_utils]})
+                ray.init(address=cluster, runtime_env={"py_modules": [hlb_utils]})
     return describe(ray)
+
+
+def stop_signals() -> list[int]:
+    """The signals that stop a series: SIGINT, SIGTERM and, where the platform has it, SIGHUP."""
+    return [s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+
+
+class _KeptHandlers:
+    """The handlers of `stop_signals()` as they were when made (main thread only: elsewhere Python
+    allows no handlers), put back by `restore()` and on leaving a `with` block. A SIGTERM that came while
+    Ray's handler was in place (which exits with the signal's number) is handed to the handler that was
+    there before, as if Ray had not been there."""
+
+    def __init__(self) -> None:
+        main = threading.current_thread() is threading.main_thread()
+        self.saved = {s: signal.getsignal(s) for s in stop_signals()} if main else {}
+
+    def __enter__(self) -> "_KeptHandlers":
+        return self
+
+    def restore(self) -> None:
+        """Install the saved handlers again, even where Python believes they are in place: Ray's C++
+        core can replace one under Python's feet (its failure handler, which aborts the process)."""
+        for signum, handler in self.saved.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+
+    def __exit__(self, kind, err, trace) -> None:
+        self.restore()
+        previous = self.saved.get(signal.SIGTERM)
+        if isinstance(err, SystemExit) and err.code == signal.SIGTERM and callable(previous):
+            previous(signal.SIGTERM, None)   # the command line's: records the stop (KeyboardInterrupt)
+
+
+def check_address(cluster: str, timeout: float = 3.0) -> None:
+    """ValueError in one line unless `cluster` is "local", "auto" (a cluster started on this machine by
+    `ray start`) or HOST:PORT, and a Ray head answers there within `timeout` seconds: a typo or a
+    cluster that is down is then named at once, not after decoding and Ray's minutes of retries."""
+    if cluster == "local":
+        return
+    form = "give local, auto, or the head's HOST:PORT (e.g. 10.0.0.5:6379)"
+    address = _current_address() if cluster == "auto" else cluster
+    if address is None:
+        raise ValueError(f"--cluster auto: no Ray cluster was started on this machine (ray start --head); {form}")
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--cluster {cluster}: not a cluster address; {form}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        reason = "no answer" if isinstance(err, socket.timeout) else (err.strerror or str(err))
+        raise ValueError(f"--cluster {cluster}: no Ray head answers at {host}:{port} within {timeout:g} s "
+                         f"({reason}); start one with `ray start --head`, or use --cluster local") from None
+
+
+def _current_address() -> str | None:
+    """What `ray.init(address="auto")` joins: RAY_ADDRESS, else the address `ray start` left in
+    /tmp/ray/ray_current_cluster."""
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    try:
+        with open(os.path.join(os.environ.get("RAY_TMPDIR", "/tmp"), "ray", "ray_current_cluster")) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
 
 
 def _start_local(ray, attempts: int = 2) -> None:
@@ -138,6 +213,7 @@ def run_on_cluster(configs: list[TrainConfig], data, cluster: str, warmup_runs: 
     each run comes back. Ctrl-C cancels the runs still out and returns the finished ones.
     """
     ray = _ray()
+    kept = _KeptHandlers()   # the handlers before Ray (the command line's)
     outcome = ClusterOutcome([None] * len(configs), cluster=connect(cluster))
     options, count = plan_workers([n["Resources"] for n in ray.nodes() if n.get("Alive")],
                                   threads or torch.get_num_threads())
@@ -156,7 +232,10 @@ def run_on_cluster(configs: list[TrainConfig], data, cluster: str, warmup_runs: 
         for worker in workers:
             submit(worker)
         while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
+            kept.restore()   # Ray's core worker can install its own SIGTERM handler late (it aborts)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)
+            if not ready:
+                continue
             index, worker = pending.pop(ready[0])
             outcome.runs[index] = _fetch(ray, ready[0], configs[index], outcome)
             submit(worker)

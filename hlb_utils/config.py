@@ -35,6 +35,8 @@ COMPILE_SCOPES = ("model", "step")                      # compiling.compile_run:
 # default): picked to lift small singular values fast, at the price of leaving them spread around 1
 # instead of exactly 1. hiverge's record retuned them (the `record` profile's ns_coeffs).
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
+# The seeds a series may use (seed .. seed + runs - 1): what torch.manual_seed and NumPy both accept.
+SEED_RANGE = (0, 2**63 - 1)
 
 
 def sgd_lr_scale(momentum: float) -> float:

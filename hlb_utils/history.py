@@ -22,19 +22,20 @@ COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "ema_acc
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite. `what` says where; `changes` are the config changes to try
-    next (a lower lr), so that the command line can give the same advice as `--set` options."""
+    """The loss became NaN or infinite. `what` says where, `step` at (or by) which step; `changes` are
+    the config changes to try next (a lower lr), so that the command line can give the same advice as
+    `--set` options, and a series can record the run as failed at that step."""
 
-    def __init__(self, what: str, changes: dict) -> None:
-        self.what, self.changes = what, dict(changes)
+    def __init__(self, what: str, changes: dict, step: int | None = None) -> None:
+        self.what, self.changes, self.step = what, dict(changes), step
         args = ", ".join(f"{key}={value!r}" for key, value in self.changes.items())
         super().__init__(f"{what}; try a lower learning rate, e.g. cfg.replace({args})")
 
 
 @contextmanager
 def stops_cleanly(cfg, timer: Timer, log: "EpochLog"):
-    """Ctrl-C (or SIGTERM, which the command line turns into it) ends the loop but keeps the finished
-    epochs; running out of GPU memory names a smaller batch."""
+    """Ctrl-C (or SIGTERM and SIGHUP, which the command line turns into it) ends the loop, or the final
+    evaluation, but keeps the finished epochs; running out of GPU memory names a smaller batch."""
     try:
         yield
     except KeyboardInterrupt:
@@ -71,7 +72,7 @@ class EpochLog:
         if self.device.type == "cpu":
             # On the CPU a per-step check is free; on a GPU it would stall the queue, so there the
             # epoch's summed loss is checked once, at its end.
-            self._check_finite(loss, f"at step {step}")
+            self._check_finite(loss, f"at step {step}", step)
             epoch, done = divmod(step, self.plan.steps_per_epoch)
             self.table.status(f"epoch {epoch + 1}: step {done + 1}/{self.plan.steps_per_epoch}",
                               (done + 1) / self.plan.steps_per_epoch)
@@ -85,7 +86,7 @@ class EpochLog:
         """One history row: the epoch's running loss and accuracy, and its test `scores` (test_loss,
         test_acc, ema_acc; those missing stay NaN)."""
         loss = self.loss.item()
-        self._check_finite(self.loss, f"in the epoch ending at step {step}")
+        self._check_finite(self.loss, f"in the epoch ending at step {step}", step)
         seen = max(self.seen, 1)
         row = dict(epoch=epoch, train_loss=loss / seen, train_acc=self.correct.item() / seen,
                    test_loss=math.nan, test_acc=math.nan, ema_acc=math.nan, tta_acc=math.nan,
@@ -101,7 +102,7 @@ class EpochLog:
             self.history[-1]["tta_acc"] = acc
             self.table.update_last(self.history[-1])
 
-    def _check_finite(self, loss, where: str) -> None:
+    def _check_finite(self, loss, where: str, step: int) -> None:
         if not math.isfinite(loss.item()):
             raise TrainingDiverged(f"the loss became {loss.item()} {where}",
-                                   {"lr": float(f"{self.cfg.lr / 2:.3g}")})
+                                   {"lr": float(f"{self.cfg.lr / 2:.3g}")}, step)

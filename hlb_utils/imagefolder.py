@@ -9,12 +9,14 @@ nothing damaged reaches the cache or a training run:
   test images per class); one with other class names is clearly the learner's own data and loads,
   with a warning that states its counts (any number of classes: the nets size their heads from it);
 - a folder in neither layout, and an empty class folder, are named with what was found.
+- an archive that holds an image name twice is refused, naming it (both copies would count).
 """
 from __future__ import annotations
 
 import io
 import lzma
 import os
+import posixpath
 import tarfile
 import time
 import warnings
@@ -164,6 +166,7 @@ def decode_source(path: Path, verbose: bool) -> Cifar10:
     files = _tar_files(path) if path.is_file() else _folder_files(path)
     found: dict[str, list] = {split: [] for split in SPLITS}
     folders: dict[str, set] = {split: set() for split in SPLITS}
+    seen, repeated = set(), []
     start, count = time.perf_counter(), 0
     try:
         for name, data in files:
@@ -173,6 +176,11 @@ def decode_source(path: Path, verbose: bool) -> Cifar10:
             if not place[2]:
                 folders[place[0]].add(place[1])
                 continue
+            key = posixpath.normpath(name.replace("\\", "/"))
+            if key in seen:   # an archive can hold one name twice: the image would count twice
+                repeated.append(key)
+                continue
+            seen.add(key)
             found[place[0]].append((place[1], _decode(data, name)))
             count += 1
             if verbose and count % PROGRESS_EVERY == 0:
@@ -181,6 +189,10 @@ def decode_source(path: Path, verbose: bool) -> Cifar10:
         if path.is_file():
             check_archive(path)   # a damaged archive explains a bad image better than the image does
         raise
+    if repeated:
+        shown = ", ".join(repeated[:3]) + (f" and {len(repeated) - 3} more" if len(repeated) > 3 else "")
+        raise DataError(f"{path} holds {len(repeated)} image(s) more than once under the same name ({shown}); "
+                        "rebuild the archive with each image once.")
     classes = _class_list(found, folders, path)
     tensors = []
     for split in SPLITS:

@@ -175,6 +175,40 @@ class NotebookError(RuntimeError):
     """A cell failed during headless execution; the message names the cell and its source."""
 
 
+class NotebookUsageError(ValueError):
+    """The notebook or the output folder is unusable: said in one line before any kernel starts."""
+
+
+def read_notebook(path: str | Path) -> Any:
+    """The notebook at `path`, validated; NotebookUsageError in one line when it is missing, not JSON,
+    or not a notebook (instead of nbformat's multi-line schema report)."""
+    import nbformat
+
+    path = Path(path)
+    if not path.is_file():
+        raise NotebookUsageError(f"no notebook at {path}; the series is in notebooks/*.ipynb")
+    try:
+        nb = nbformat.read(path, as_version=4)
+        nbformat.validate(nb)
+    except Exception as err:   # NotJSONError, jsonschema's ValidationError, a conversion's KeyError...
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise NotebookUsageError(f"{path} is not a valid notebook ({first[:200]})") from None
+    return nb
+
+
+def check_out_dir(out_dir: str | Path) -> Path:
+    """The folder for the executed notebook, created and known to be writable (before any cell runs)."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as err:
+        raise NotebookUsageError(f"--out {out_dir}: cannot write the executed notebook there "
+                                 f"({err.strerror or err})") from None
+    return out_dir
+
+
 def notebook_env(out_dir: str | Path, profile: str | None = None, data: str | None = None) -> dict:
     """The environment a headless kernel gets: this process's, plus HLB_RUN_DIR, HLB_PROFILE, HLB_DATA."""
     env = dict(os.environ)
@@ -248,16 +282,14 @@ def run_notebook(path: str | Path, out_dir: str | Path, profile: str | None = No
     The kernel gets HLB_RUN_DIR=out_dir (the record notebook writes summary.json there) and, when
     given, HLB_PROFILE=profile and HLB_DATA=data (else the ones of this process). Prints a line per
     code cell with its time. `timeout` is per cell, in seconds (None: no limit). Raises
-    NotebookError naming the failing cell's source and error.
+    NotebookError naming the failing cell's source and error, and NotebookUsageError (before any cell
+    runs) when `out_dir` is not writable or `path` is not a valid notebook.
     """
     import nbformat
 
-    path, out_dir = Path(path), Path(out_dir)
-    if not path.is_file():
-        raise FileNotFoundError(f"no notebook at {path}; the series is in notebooks/*.ipynb")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    path, out_dir = Path(path), check_out_dir(out_dir)
     out_path = out_dir / path.name
-    nb = nbformat.read(path, as_version=4)
+    nb = read_notebook(path)
     client = make_client(nb, cwd=path.parent.resolve(), timeout=timeout, echo=echo)
     code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
     start = time.perf_counter()
@@ -294,9 +326,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from hlb_utils import config
 
-    try:
+    try:   # what can be checked before a kernel starts: the folder first, then the notebook, the profile
+        check_out_dir(args.out)
+        read_notebook(args.notebook)
         if args.profile:
-            config.resolve_profile(args.profile)  # a bad name fails here, before a kernel starts
+            config.resolve_profile(args.profile)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
         run_notebook(args.notebook, args.out, profile=args.profile, timeout=args.timeout, data=args.data)
     except (NotebookError, FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -4,9 +4,11 @@ Taught in notebook 06. A claim like "94% in N seconds" is a claim about a mean: 
 same config with seeds seed, seed+1, ... and `summary` says how sure we can be of it. `write_records`
 leaves a folder anyone can check later: `summary.json`, `runs.csv` and `history.csv`.
 
-A run cut short (Ctrl-C, SIGTERM) is kept in `runs.csv` with status `interrupted` but never counted:
-the accuracies, their mean, spread and interval, and the seconds cover finished runs only, and
-`summary.json` says how many runs were asked for, finished and interrupted, and which code ran them.
+A run cut short (Ctrl-C, SIGTERM, SIGHUP) is kept in `runs.csv` with status `interrupted` but never
+counted, and a run whose loss diverged is kept with status `failed` and the step where it did: the
+accuracies, their mean, spread and interval, and the seconds cover finished runs only, and
+`summary.json` says how many runs were asked for, finished, interrupted and failed, and which code ran
+them. Each file is written whole or not at all (records.py).
 
 With `cluster="local"` or a Ray address the runs spread over a cluster's GPUs (cluster.py); the
 records are the same files, with each run's host and the cluster's description.
@@ -16,7 +18,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
 import statistics
 import subprocess
 from dataclasses import dataclass, field
@@ -30,7 +31,9 @@ from . import __version__
 from .config import TrainConfig
 from .evaluate import tta_passes
 from .failures import FailedRun
+from .history import TrainingDiverged
 from .model import count_flops, count_params, make_net
+from .records import write_files
 from .stats import NA, summarize_accuracies
 from .train import TrainResult, train
 
@@ -117,7 +120,8 @@ def run_many(cfg: TrainConfig, data, runs: int = 5, target: float = 0.94, warmup
     Only the first counted run shows its live table; later runs print one line each. `on_run` gets
     the runs so far after each one (the command line writes its records then, so that a long series
     stopped early keeps the runs it finished). An interrupted run ends the series; it is kept, marked,
-    and left out of the statistics. `cluster`: None trains here, one run after another;
+    and left out of the statistics. A run whose loss diverges is kept as failed (with the step) and
+    the series goes on with the next seed. `cluster`: None trains here, one run after another;
     "local" starts a Ray instance on this machine, an address joins a running Ray cluster, and the
     runs go one task each to its GPUs (or CPUs): see cluster.py. `train_fn(cfg, data, verbose=...)`
     trains one run (default `train.train`; a wrapper can add a model of your own).
@@ -132,29 +136,29 @@ def run_many(cfg: TrainConfig, data, runs: int = 5, target: float = 0.94, warmup
         warm.append(res.wall_seconds)
         if verbose:
             print(f"warm-up run {i + 1}/{warmup_runs}: {res.wall_seconds:.1f} s (not counted)")
-    results, stopped = [], False
+    results, failed, stopped = [], [], False
     try:
         for i in range(runs):
-            res = train_fn(cfg.replace(seed=cfg.seed + i), data, verbose=verbose and i == 0)
-            results.append(res)
+            res = _train_or_fail(train_fn, cfg.replace(seed=cfg.seed + i), data, verbose=verbose and i == 0)
+            (failed if isinstance(res, FailedRun) else results).append(res)
             if on_run is not None:
-                on_run(RunsResult(cfg, list(results), target, warm, requested=runs))
+                on_run(RunsResult(cfg, list(results), target, warm, failed=list(failed), requested=runs))
             if verbose:
                 print(_run_line(i, runs, res))
-            if res.interrupted:
+            if isinstance(res, TrainResult) and res.interrupted:
                 break
     except KeyboardInterrupt:
-        # stopped outside a run's epoch loop (between runs, building the net, the final evaluation):
-        # the run under way, or about to start, has no result to keep
-        if not results:
+        # stopped outside a run's epoch loop (between runs, building the net): the run under way, or
+        # about to start, has no result to keep
+        if not results and not failed:
             raise
         stopped = True
-        if verbose and not results[-1].interrupted and len(results) < runs:
-            print(f"run {len(results) + 1}/{runs}: interrupted before it had a result (not counted)")
+        if verbose and not (results and results[-1].interrupted) and len(results) + len(failed) < runs:
+            print(f"run {len(results) + len(failed) + 1}/{runs}: interrupted before it had a result (not counted)")
         if on_run is not None:
-            on_run(RunsResult(cfg, results, target, warm, requested=runs, stopped=True))
-    stopped = stopped or results[-1].interrupted
-    out = RunsResult(cfg, results, target, warm, requested=runs, stopped=stopped)
+            on_run(RunsResult(cfg, results, target, warm, failed=list(failed), requested=runs, stopped=True))
+    stopped = stopped or bool(results and results[-1].interrupted)
+    out = RunsResult(cfg, results, target, warm, failed=failed, requested=runs, stopped=stopped)
     return _print_summary(out, verbose)
 
 
@@ -214,7 +218,17 @@ def _print_summary(out: RunsResult, verbose: bool) -> RunsResult:
     return out
 
 
-def _run_line(i: int, runs: int, res: TrainResult) -> str:
+def _train_or_fail(train_fn: Callable[..., TrainResult], cfg: TrainConfig, data, verbose: bool) -> TrainResult | FailedRun:
+    """One run of a series; a run whose loss diverged is a FailedRun naming the step (the next seed may not)."""
+    try:
+        return train_fn(cfg, data, verbose=verbose)
+    except TrainingDiverged as err:
+        return FailedRun(cfg, f"TrainingDiverged: {err.what}")
+
+
+def _run_line(i: int, runs: int, res: TrainResult | FailedRun) -> str:
+    if isinstance(res, FailedRun):
+        return f"run {i + 1}/{runs}: {res.error}  (failed: not counted)"
     line = f"run {i + 1}/{runs}: accuracy {res.test_accuracy:.4f}  training {res.train_seconds:.2f} s"
     if res.interrupted:
         return line + "  (interrupted: not counted)"
@@ -248,20 +262,40 @@ def run_flops(cfg, n_train: int = 50_000, n_test: int = 10_000) -> dict:
 
 
 def code_version() -> str:
-    """`git describe --always --dirty` of the checkout this package runs from, else the package version.
+    """The package version with the commit it was built from: `0.1.0+g<sha>` (`.dirty` when a checkout
+    has changes). From `git describe` in a checkout, else from the commit pip recorded when it
+    installed the package from git (`direct_url.json`), else the version alone.
 
     Run records carry it, so that a figure can be traced to the code that produced it.
     """
+    commit = _checkout_commit() or _installed_commit()
+    return f"{__version__}+g{commit}" if commit else __version__
+
+
+def _checkout_commit() -> str | None:
+    """`<sha>` or `<sha>.dirty` of the git checkout this package runs from (None outside one, or without git)."""
     root = Path(__file__).resolve().parent.parent
-    if (root / ".git").exists():   # a folder, or a file in a git worktree
-        try:
-            done = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"],
-                                  capture_output=True, text=True, timeout=30)
-            if done.returncode == 0 and done.stdout.strip():
-                return done.stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            pass   # no git on this machine: fall back to the version
-    return __version__
+    if not (root / ".git").exists():   # a folder, or a file in a git worktree
+        return None
+    try:
+        # --exclude='*': the commit itself, never a tag name, so the text is always a sha
+        done = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty=.dirty", "--abbrev=12",
+                               "--exclude=*"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None   # no git on this machine
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def _installed_commit() -> str | None:
+    """The commit pip installed from (`pip install git+URL`), read from the distribution's direct_url.json."""
+    from importlib import metadata
+
+    try:
+        text = metadata.distribution("hlb_utils").read_text("direct_url.json")
+        commit = json.loads(text or "{}").get("vcs_info", {}).get("commit_id")
+    except (metadata.PackageNotFoundError, ValueError, AttributeError):
+        return None
+    return commit[:12] if isinstance(commit, str) and commit else None
 
 
 def write_records(result: TrainResult | RunsResult, out_dir, data_source: str = "",
@@ -273,13 +307,10 @@ def write_records(result: TrainResult | RunsResult, out_dir, data_source: str = 
     """
     runs = result if isinstance(result, RunsResult) else RunsResult(result.config, [result])
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     done = runs.results
     first = done[0] if done else None   # None: every run failed, or Ctrl-C came before the first
     histories = [r.history.assign(run=r.config.seed - runs.config.seed) for r in done]
     history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame(columns=["run"])
-    history.to_csv(out / "history.csv", index=False)
-    runs.table.to_csv(out / "runs.csv", index=False)
     # JSON's null, not the printed "n/a", for a statistic that is undefined
     stats = {k: None if isinstance(v, str) and v == NA else v for k, v in runs.summary.iloc[0].to_dict().items()}
     counts = runs.counts
@@ -303,11 +334,9 @@ def write_records(result: TrainResult | RunsResult, out_dir, data_source: str = 
         interrupted=counts["runs_interrupted"] > 0, code_version=code_version(), cluster=runs.cluster,
         date=_dt.datetime.now().isoformat(timespec="seconds"), config=runs.config.to_dict(),
     )
-    text = json.dumps(_clean(summary), indent=2)
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, out / "summary.json")
-    return out
+    # each file whole or not at all: a full disk keeps the older files and leaves no temporary file
+    return write_files(out, {"history.csv": history.to_csv(index=False), "runs.csv": runs.table.to_csv(index=False),
+                             "summary.json": json.dumps(_clean(summary), indent=2)})
 
 
 def _clean(obj):

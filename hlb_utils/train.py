@@ -251,7 +251,7 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
     tta_start = time.perf_counter()
     acc = math.nan
     if not log.interrupted or log.history:
-        with region("hlb:evaluate"):
+        with region("hlb:evaluate"), stops_cleanly(cfg, timer, log):   # Ctrl-C here keeps the epochs' history
             acc = evaluate(ema.model if ema is not None else run.model, test_loader, tta=cfg.tta,
                            autocast_dtype=autocast)["acc"]
         log.final(acc)

@@ -195,7 +195,7 @@ def test_run_notebook_writes_output_and_names_the_failing_cell(tmp_path):
 
 
 def test_command_line_explains_a_missing_notebook(tmp_path, capsys):
-    assert hn.main(["run", str(tmp_path / "nope.ipynb"), "--out", str(tmp_path)]) == 1
+    assert hn.main(["run", str(tmp_path / "nope.ipynb"), "--out", str(tmp_path)]) == 2
     assert "no notebook at" in capsys.readouterr().err
 
 

@@ -122,14 +122,15 @@ def test_ctrl_c_cancels_outstanding_runs_and_keeps_finished_ones(synthetic, loca
             time.sleep(120)
         return train.train(cfg, data, verbose=verbose)
 
-    waits, cancelled = [], []
+    came_back, cancelled = [], []
     real_wait, real_cancel = ray.wait, ray.cancel
 
-    def wait(refs, **kw):
-        waits.append(len(refs))
-        if len(waits) == 2:
+    def wait(refs, **kw):   # Ctrl-C in the first wait after seed 0 came back (a wait may time out empty)
+        if came_back:
             raise KeyboardInterrupt
-        return real_wait(refs, **kw)
+        ready, rest = real_wait(refs, **kw)
+        came_back.extend(ready)
+        return ready, rest
 
     monkeypatch.setattr(ray, "wait", wait)
     monkeypatch.setattr(ray, "cancel", lambda ref, **kw: cancelled.append(ref) or real_cancel(ref, **kw))
@@ -169,6 +170,7 @@ def test_command_line_passes_the_cluster(synthetic, monkeypatch, tmp_path):
 
     monkeypatch.setattr(cli, "run_many", fake_run_many)
     monkeypatch.setattr(cli.data_mod, "load_cifar10", lambda source=None: synthetic)
+    monkeypatch.setattr(cluster, "check_address", lambda address: None)   # no head at that address here
     args = ["--profile", "quick", "--set", "epochs=1", "--set", "widths=[8,16,16]", "--quiet"]
     assert cli.main(args + ["--cluster", "10.0.0.1:6379"]) == 0
     assert seen["cluster"] == "10.0.0.1:6379"

@@ -77,10 +77,10 @@ def test_series_with_no_finished_run_has_no_headline(synthetic, tmp_path, monkey
     assert list(table["status"]) == ["interrupted"]
 
 
-def test_run_stopped_in_its_final_evaluation_counts_as_interrupted(synthetic, tmp_path, monkeypatch):
-    # Ctrl-C during run 2's test-time augmentation: no TrainResult comes back for it. Run 2 trains a
-    # net of ours (run_many's train_fn, train's model) whose forward hook raises at its third call in
-    # eval mode: one evaluation after each of its 2 epochs (one batch each), then the final one with TTA.
+def test_run_stopped_in_its_final_evaluation_keeps_its_epochs(synthetic, tmp_path, monkeypatch):
+    # Ctrl-C during run 2's test-time augmentation: the run comes back interrupted, with its history. Run 2
+    # trains a net of ours (run_many's train_fn, train's model) whose forward hook raises at its third call
+    # in eval mode: one evaluation after each of its 2 epochs (one batch each), then the final one with TTA.
     cfg = tiny_cfg()
     assert (cfg.epochs, cfg.eval_every, cfg.tta) == (2, 1, "flip") and len(synthetic.test_labels) <= 250
 
@@ -99,9 +99,44 @@ def test_run_stopped_in_its_final_evaluation_counts_as_interrupted(synthetic, tm
 
     saved = []
     result = runs.run_many(cfg, synthetic, runs=3, verbose=False, on_run=saved.append, train_fn=train_fn)
-    assert len(result.results) == 1 and result.counts == dict(runs_requested=3, runs_finished=1,
+    assert len(result.results) == 2 and result.counts == dict(runs_requested=3, runs_finished=1,
                                                                 runs_interrupted=1, runs_failed=0)
+    cut = result.results[1]
+    assert cut.interrupted and math.isnan(cut.test_accuracy) and len(cut.history) == 2
     assert saved[-1].counts["runs_interrupted"] == 1   # the records written last say so too
+    runs.write_records(saved[-1], tmp_path / "rec")
+    history = pd.read_csv(tmp_path / "rec" / "history.csv")
+    assert history.groupby("run").size().to_dict() == {0: 2, 1: 2}   # both runs' finished epochs
+
+
+def test_run_diverging_in_the_middle_of_a_series_is_recorded_as_failed(synthetic, tmp_path, monkeypatch):
+    # run 2 (seed 1) turns NaN at its step 3; runs 1 and 3 train as usual
+    original = train.smoothed_cross_entropy
+    steps = {"n": 0}
+
+    real_train = train.train
+
+    def train_fn(cfg, data, verbose=False):
+        if cfg.seed != 1:
+            return real_train(cfg, data, verbose=verbose)
+
+        def nan_at_3(logits, y, smoothing, reduction):
+            steps["n"] += 1
+            out = original(logits, y, smoothing=smoothing, reduction=reduction)
+            return out * float("nan") if steps["n"] == 4 else out
+
+        monkeypatch.setattr(train, "smoothed_cross_entropy", nan_at_3)
+        try:
+            return real_train(cfg, data, verbose=verbose)
+        finally:
+            monkeypatch.setattr(train, "smoothed_cross_entropy", original)
+
+    result = runs.run_many(tiny_cfg(), synthetic, runs=3, verbose=False, train_fn=train_fn)
+    assert result.counts == dict(runs_requested=3, runs_finished=2, runs_interrupted=0, runs_failed=1)
+    summary, table = read_records(runs.write_records(result, tmp_path / "rec"))
+    assert table["status"].tolist() == ["finished", "failed", "finished"]
+    assert "the loss became nan at step 3" in table["error"].iloc[1]
+    assert summary["runs_failed"] == 1 and len(summary["accuracies"]) == 2
 
 
 def test_records_name_the_code_they_came_from(synthetic, tmp_path, monkeypatch):
@@ -109,13 +144,12 @@ def test_records_name_the_code_they_came_from(synthetic, tmp_path, monkeypatch):
     summary, _ = read_records(runs.write_records(result, tmp_path / "rec"))
     root = runs.Path(runs.__file__).resolve().parent.parent
     if (root / ".git").exists():
-        described = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"],
-                                   capture_output=True, text=True, check=True).stdout.strip()
-        assert summary["code_version"] == described
-    else:
-        assert summary["code_version"] == hlb_utils.__version__
-    # outside a checkout (an installed package), or without git, the package version
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        assert summary["code_version"] in (f"{hlb_utils.__version__}+g{sha}", f"{hlb_utils.__version__}+g{sha}.dirty")
+    # outside a checkout (an installed package), or without git, the package version ...
     monkeypatch.setattr(runs, "__file__", str(tmp_path / "site-packages" / "hlb_utils" / "runs.py"))
+    monkeypatch.setattr(runs, "_installed_commit", lambda: None)
     assert runs.code_version() == hlb_utils.__version__
 
     def no_git(*args, **kwargs):
@@ -123,6 +157,27 @@ def test_records_name_the_code_they_came_from(synthetic, tmp_path, monkeypatch):
 
     monkeypatch.setattr(runs, "__file__", str(root / "hlb_utils" / "runs.py"))
     monkeypatch.setattr(runs.subprocess, "run", no_git)
+    assert runs.code_version() == hlb_utils.__version__
+
+
+def test_a_copy_pip_installed_from_git_records_its_commit(monkeypatch, tmp_path):
+    from importlib import metadata
+
+    class Dist:
+        def read_text(self, name):
+            assert name == "direct_url.json"
+            return json.dumps({"url": "https://github.com/hlb-notebooks/hlb-notebooks",
+                               "vcs_info": {"vcs": "git", "commit_id": "0123456789abcdef0123456789abcdef01234567"}})
+
+    monkeypatch.setattr(runs, "__file__", str(tmp_path / "site-packages" / "hlb_utils" / "runs.py"))
+    monkeypatch.setattr(metadata, "distribution", lambda name: Dist())
+    assert runs.code_version() == f"{hlb_utils.__version__}+g0123456789ab"
+
+    class FromFolder(Dist):   # pip install PATH: no commit recorded
+        def read_text(self, name):
+            return json.dumps({"url": "file:///src/hlb", "dir_info": {}})
+
+    monkeypatch.setattr(metadata, "distribution", lambda name: FromFolder())
     assert runs.code_version() == hlb_utils.__version__
 
 
