@@ -18,7 +18,9 @@ warm-up and fallback), history (the loop's bookkeeping: history rows, NaN checks
 
 The tools around it:
     runs        many seeds, their statistics, the run records on disk (failures.py: a failed run)
-    cli         the command line: `python -m hlb_utils train ...` (__main__.py dispatches)
+    records     writing the records safely: atomic files, one series per folder, older series kept
+    cli         the command line: `python -m hlb_utils train ...` (__main__.py dispatches; changes.py
+                reads `--set` values by their fields' types)
     cluster     the same runs spread over a Ray cluster
     notebook    notebook set-up, `show_source`, the headless notebook runner (`... notebook run`)
     docs        the executed copies in docs/notebooks and README's figures (`... notebook docs`)
