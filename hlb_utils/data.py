@@ -45,7 +45,7 @@ _OFFLINE_HELP = (
 
 
 def data_label(source: str | os.PathLike) -> str:
-    """What a results table calls the data: 'CIFAR-10', 'JPEG replica', 'synthetic' or 'own images (NAME)'.
+    """What a results table calls the data: 'CIFAR-10', 'JPEG copy of CIFAR-10', 'synthetic' or 'own images (NAME)'.
 
     Accuracy on the JPEG replica runs below the original's, so a result names its data instead of
     printing a path (notebook 06's comparison, benchmarks/gpu_bench.py). The replica is known by its
@@ -57,7 +57,7 @@ def data_label(source: str | os.PathLike) -> str:
         return "synthetic"
     path = Path(text).expanduser()
     if path.name.lower().startswith(REPLICA_NAME) or (path / REPLICA_NAME).is_dir():
-        return "JPEG replica"
+        return "JPEG copy of CIFAR-10"
     if (path / TORCHVISION_FOLDER).is_dir():
         return "CIFAR-10"
     return f"own images ({path.name})"

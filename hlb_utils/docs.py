@@ -31,7 +31,7 @@ FIGURE_TAG = "figure:"        # a cell tagged 'figure:augmentations' gives docs/
 STAMP_KEY = "hlb_docs"        # the copy's metadata entry, and the stamp cell's marker
 DOCS_LIMIT_BYTES = 15 * 2**20  # the whole docs/ folder stays under this
 # What the stamp calls each data source (`data.data_label`), in words a reader can use.
-READER_DATA = {"JPEG replica": "a JPEG copy of CIFAR-10", "CIFAR-10": "CIFAR-10",
+READER_DATA = {"JPEG copy of CIFAR-10": "a JPEG copy of CIFAR-10", "CIFAR-10": "CIFAR-10",
                "synthetic": "synthetic images"}
 
 

@@ -79,14 +79,14 @@ def test_patch_refuses_scripts_it_cannot_patch_safely():
 
 def test_data_labels_and_file_names(tmp_path):
     (tmp_path / "cifar10" / "cifar-10-batches-py").mkdir(parents=True)
-    assert bench.machine_info("/data/cifar10-jpeg.tar.gz", quick=True)["data"] == "JPEG replica"
+    assert bench.machine_info("/data/cifar10-jpeg.tar.gz", quick=True)["data"] == "JPEG copy of CIFAR-10"
     assert bench.machine_info(str(tmp_path / "cifar10"), quick=True)["data"] == "CIFAR-10"
     assert bench.slugify("NVIDIA A100-SXM4-80GB") == "nvidia-a100-sxm4-80gb"
 
 
 def _row(recipe, acc, seconds):
     accs = [acc - 0.001, acc + 0.001]
-    info = {"gpu": "cpu", "torch": "2.x", "data": "JPEG replica", "date": "2026-01-01"}
+    info = {"gpu": "cpu", "torch": "2.x", "data": "JPEG copy of CIFAR-10", "date": "2026-01-01"}
     return bench.summarise(recipe, accs, [seconds, seconds], info, "", planned=2, code=0)
 
 
@@ -157,7 +157,7 @@ def test_quick_bench_writes_a_well_formed_csv(replica, tmp_path):
     assert tuple(rows[0]) == bench.COLUMNS
     assert [r["recipe"] for r in rows] == ["quick", "airbench94_muon"]
     for r in rows:
-        assert (r["gpu"], r["data"], r["runs"]) == ("cpu", "JPEG replica", "2")
+        assert (r["gpu"], r["data"], r["runs"]) == ("cpu", "JPEG copy of CIFAR-10", "2")
         assert 0.1 < float(r["min_acc"]) <= float(r["mean_acc"]) <= 1.0   # above chance (10%)
         assert 0 <= float(r["std_acc"]) < 0.2
         assert float(r["mean_seconds"]) > 0 and float(r["median_seconds"]) > 0
