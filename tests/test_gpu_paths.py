@@ -230,7 +230,7 @@ def test_warm_up_really_steps_the_optimisers(synthetic, monkeypatch):
     for opt in optimizers:
         monkeypatch.setattr(opt, "step", lambda *a, o=opt, real=opt.step: steps.append(type(o).__name__) or real())
     comp.warm_up(run, optimizers, [next(iter(train_loader))])
-    assert sorted(set(steps)) == ["Muon", "SGD"] and len(steps) == 4   # two steps, two optimisers
+    assert sorted(set(steps)) == ["Muon", "SGD"] and len(steps) == 2 * comp.WARM_CALLS   # two optimisers
 
 
 @pytest.mark.parametrize("compile", [False, True])
@@ -256,9 +256,9 @@ def test_a_cuda_run_warms_up_compiled_or_not_and_trains_as_if_it_had_not(synthet
 def eager_backend_compile(monkeypatch, backend="eager"):
     """train() compiles only on CUDA; here its compile goes through compile_run with the `eager`
     backend, which traces like the real one (same guards, same recompiles) but builds no kernels."""
-    monkeypatch.setattr(train, "compile_choice", lambda enabled, device, mode:
+    monkeypatch.setattr(comp, "compile_choice", lambda enabled, device, mode:
                         ("default", "compiled (eager backend)") if enabled else (None, "off"))
-    monkeypatch.setattr(train, "compile_run", partial(comp.compile_run, backend=backend))
+    monkeypatch.setattr(comp, "BACKEND", backend)
 
 
 def net_with_trainable_bn_scales(cfg):
