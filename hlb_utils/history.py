@@ -51,14 +51,14 @@ class EpochLog:
     """The loop's bookkeeping, out of its way: each epoch's running loss and accuracy, the check that
     the loss stays finite, the progress line, and one history row per epoch (with its evaluation)."""
 
-    def __init__(self, cfg, plan, test_loader, timer: Timer, autocast, verbose: bool) -> None:
+    def __init__(self, cfg, plan, test_loader, timer: Timer, autocast, verbose: bool, totals=None) -> None:
         self.cfg, self.plan, self.test_loader, self.timer, self.autocast = cfg, plan, test_loader, timer, autocast
         self.device = timer.device
         self.history, self.interrupted = [], False
         self.table = LiveTable(COLUMNS, enabled=verbose)
         # the epoch's summed loss and correct count, on the device: the training step adds to them
         # (`train.forward_loss`, inside a compiled step's graph), so a GPU never waits for them
-        self.totals = torch.zeros(2, device=self.device)
+        self.totals = torch.zeros(2, device=self.device) if totals is None else totals
         self._new_epoch()
 
     def _new_epoch(self) -> None:

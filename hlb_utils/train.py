@@ -66,6 +66,9 @@ class TrainResult:
     compile_note: str = "off"
     host: str = field(default_factory=socket.gethostname)   # the machine that trained (many runs on a cluster)
     model: nn.Module | None = field(default=None, repr=False)
+    # the trained weights on the CPU, when `model` is the process's one net of its shape (on CUDA) and the
+    # next run re-initialises it: `model.load_state_dict(result.weights)` brings this run's back
+    weights: dict | None = field(default=None, repr=False)
 
 
 def _subset(images, labels, n, seed=0):
@@ -232,17 +235,15 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
 
     train_loader, test_loader = make_loaders(cfg, data, device, dtype, channels_last)
     plan = plan_steps(cfg, len(train_loader))
-    net = (model if model is not None else make_net(cfg, len(data.classes))).to(device)
-    if cfg.weights == "half":
-        # hiverge's record: every weight and buffer (BatchNorm's statistics too) in the compute precision
-        net = net.to(dtype)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
+    net = _place(model if model is not None else make_net(cfg, len(data.classes)), cfg, device, dtype, channels_last)
+    totals = None   # the epoch's running loss and correct count (history.EpochLog): the net's own if it has one
+    if model is None and reuses_nets(device):
+        net, totals = _one_net_per_shape(net)   # the same tensors every run: compiled code and CUDA graphs stay valid
     init_seconds = _init_whitening(net, cfg, train_loader)
     # ours runs Newton-Schulz in the run's precision
     optimizers = _optimizers(make_optimizers or partial(optim_mod.make_optimizers, dtype=dtype), net, cfg, plan)
     loss_fn = loss_fn or partial(smoothed_cross_entropy, smoothing=cfg.label_smoothing, reduction="sum")
-    log = EpochLog(cfg, plan, test_loader, Timer(device), autocast, verbose)
+    log = EpochLog(cfg, plan, test_loader, Timer(device), autocast, verbose, totals)
     run = compiling.prepare(net, partial(forward_loss, loss_fn=loss_fn, autocast=autocast), optimizers,
                             partial(_first_batches, train_loader, cfg, plan), device=device, enabled=cfg.compile,
                             mode=cfg.compile_mode, scope=cfg.compile_scope, autocast=autocast,
@@ -274,7 +275,51 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
                        wall_seconds=time.perf_counter() - wall_start, device=device_name(device),
                        precision=dtype_name(dtype), peak_memory_mb=_peak_memory_mb(device),
                        interrupted=log.interrupted, at_chance=chance, compile_note=compiling.check_compiled(run),
-                       model=net)
+                       model=net, weights=_cpu_copy(net) if totals is not None else None)
+
+
+def _place(net: nn.Module, cfg: TrainConfig, device, dtype, channels_last: bool) -> nn.Module:
+    """The net on the run's device, in its precision and memory format."""
+    net = net.to(device)
+    if cfg.weights == "half":
+        # hiverge's record: every weight and buffer (BatchNorm's statistics too) in the compute precision
+        net = net.to(dtype)
+    return net.to(memory_format=torch.channels_last) if channels_last else net
+
+
+def reuses_nets(device: torch.device) -> bool:
+    """Whether runs keep one net per shape and re-initialise it in place (on CUDA: a CUDA graph is bound
+    to its tensors' addresses, and a new net per run would record new graphs and keep the old ones)."""
+    return device.type == "cuda"
+
+
+# the process's nets, one per shape: key -> (net, the epoch's running totals its compiled step adds to)
+_NETS: dict = {}
+
+
+def _key(net: nn.Module) -> tuple:
+    """What must agree for two runs to share a net: the modules (their settings: activations, BatchNorm's
+    momentum) and every tensor's name, shape, dtype, strides and device."""
+    tensors = [*net.named_parameters(), *net.named_buffers()]
+    return repr(net), tuple((name, tuple(t.shape), t.dtype, t.stride(), str(t.device)) for name, t in tensors)
+
+
+def _one_net_per_shape(fresh: nn.Module) -> tuple[nn.Module, torch.Tensor]:
+    """The process's net shaped like `fresh`, holding `fresh`'s initial weights (copied in place), or
+    `fresh` itself the first time; with the running totals its compiled step adds to."""
+    key = _key(fresh)
+    if key not in _NETS:
+        _NETS[key] = (fresh, torch.zeros(2, device=next(fresh.parameters()).device))
+        return _NETS[key]
+    net, totals = _NETS[key]
+    with torch.no_grad():
+        for mine, theirs in zip([*net.parameters(), *net.buffers()], [*fresh.parameters(), *fresh.buffers()]):
+            mine.copy_(theirs)
+    return net, totals
+
+
+def _cpu_copy(net: nn.Module) -> dict:
+    return {name: t.detach().to("cpu", copy=True) for name, t in net.state_dict().items()}
 
 
 def _init_whitening(net: nn.Module, cfg: TrainConfig, loader: DeviceLoader) -> float:
