@@ -259,3 +259,14 @@ def test_run_flops_matches_the_published_airbench94_muon_figure():
     small = run_flops(get_profile("airbench", epochs=4, low_res=16, low_res_epochs=2))
     large = run_flops(get_profile("airbench", epochs=4))
     assert 0.55 < small["train_pflops"] / large["train_pflops"] < 0.7
+
+
+def test_gpu_check_without_cuda_says_what_it_would_measure(tmp_path):
+    import os
+
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OUT": str(tmp_path / "out")}
+    proc = subprocess.run(["bash", str(Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "no CUDA device here" in proc.stdout and "50 record runs" in proc.stdout and "hiverge's span" in proc.stdout
+    assert not (tmp_path / "out").exists()   # nothing measured, nothing written
