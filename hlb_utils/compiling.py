@@ -109,23 +109,31 @@ def dynamo_gave_up() -> int:
 @dataclass
 class CompiledRun:
     """What a run trains and evaluates with (notebook 05): `forward(x, y) -> (loss, logits)` for a
-    training step, `model(x) -> logits` for evaluation, compiled or plain, and a note saying which."""
+    training step, `model(x) -> logits` for evaluation, compiled or plain, and a note saying which;
+    `seconds`: its compile and warm-up; `gave_up_before`: `dynamo_gave_up()` before it compiled."""
 
     net: nn.Module
     forward_loss: Callable     # (model, x, y) -> (summed loss, logits): the step before compiling
     forward: Callable
     model: Callable
     note: str = "off"
+    seconds: float = 0.0
+    gave_up_before: int = 0
+
+
+# torch.compile's backend for every compile of a run; the tests set "eager" (traces, builds no kernels)
+BACKEND = "inductor"
 
 
 def compile_run(net: nn.Module, forward_loss: Callable, mode: str | None, scope: str = "model",
-                note: str = "off", backend: str = "inductor") -> CompiledRun:
+                note: str = "off", backend: str | None = None) -> CompiledRun:
     """Compile a run's network (`mode` from `compile_choice`; None: leave it plain).
 
     scope 'model' compiles the network, and the loss runs eagerly after it; 'step' (hiverge's record)
     compiles the forward pass and the loss as one graph (`fullgraph`: it never breaks into pieces) for
     training, and the network on its own for evaluation.
     """
+    backend = backend or BACKEND
     if mode is None:
         return CompiledRun(net, forward_loss, partial(forward_loss, net), net, note)
     model = compile_model(net, mode, backend)
@@ -135,55 +143,106 @@ def compile_run(net: nn.Module, forward_loss: Callable, mode: str | None, scope:
     return CompiledRun(net, forward_loss, step, model, f"{note}, forward+loss as one graph")
 
 
-def prepare(run: CompiledRun, optimizers: list, batches: Callable[[], list], device: torch.device,
-            autocast: torch.dtype | None = None, stopping: Sequence[torch.Tensor] = ()
-            ) -> tuple[CompiledRun, float]:
-    """Warm up where it pays (every CUDA run, every compiled one); returns the run and its seconds.
+def compile_optimizers(optimizers: list, backend: str | None = None) -> None:
+    """Compile Muon's momentum-orthogonalise-rescale (`optim.muon_update`) into one graph, as hiverge
+    compiles its Newton-Schulz: a few kernels instead of dozens of small ones per step. Mode 'default':
+    it updates the weights in place, which CUDA graphs would not record."""
+    from .optim import Muon, muon_update
+
+    for opt in optimizers:
+        if isinstance(opt, Muon):
+            # not fullgraph: at the recompile limit it runs eagerly (and `check_compiled` says so) instead of failing
+            opt.update = _torch_compile(muon_update, "default", backend or BACKEND)
+
+
+def prepare(net: nn.Module, forward_loss: Callable, optimizers: list, batches: Callable[[], list], *,
+            device: torch.device, enabled: bool, mode: str = "max-autotune", scope: str = "model",
+            evaluate: Callable | None = None, autocast: torch.dtype | None = None,
+            stopping: Sequence[torch.Tensor] = (), evaluate_before_stop: bool = False,
+            totals: torch.Tensor | None = None) -> CompiledRun:
+    """Compiling a run, in one call: the mode this machine gets, the compiled step, network and Muon
+    update, and the warm-up before the clock (every CUDA run, every compiled one); returns what the
+    loop needs.
 
     `batches()` gives one (images, labels) batch per image size the run will train at; `stopping`, the
-    parameters whose gradient the run switches off part-way (the whitening bias). Compilation
-    is lazy: a backend that cannot build the graphs fails here, and the run goes on uncompiled
-    (warmed up again, uncompiled, on a GPU), its note saying so.
+    parameters whose gradient the run switches off part-way (the whitening bias); `evaluate(model)`,
+    the run's evaluations (warmed up at the sizes they run, with the gradient stopped, and also before
+    the stop if `evaluate_before_stop`); `totals`, the running loss and correct count the step adds to
+    (`train.forward_loss`). Compilation is lazy: a backend that cannot build the graphs fails here, and
+    the run goes on uncompiled (warmed up again, uncompiled, on a GPU), its note saying so.
     """
-    compiled = run.model is not run.net
-    if not compiled and not needs_warm_up(device):
-        return run, 0.0
+    mode, note = compile_choice(enabled, device, mode)
+    if totals is not None:
+        forward_loss = partial(forward_loss, totals=totals)
+        if mode is not None:   # updated in place by a recorded CUDA graph: its address must stay fixed
+            torch._dynamo.mark_static_address(totals)
+    run = compile_run(net, forward_loss, mode, scope, note)
+    run.gave_up_before = gave_up = dynamo_gave_up()   # after compile_run: a new net's compile resets the counters
+    if mode is not None:
+        compile_optimizers(optimizers)
+    if run.model is run.net and not needs_warm_up(device):
+        return run
     try:
-        return run, warm_up(run, optimizers, batches(), autocast, stopping)
+        run.seconds = warm_up(run, optimizers, batches(), autocast, stopping, evaluate, evaluate_before_stop)
     except Exception as err:
-        if not compiled or isinstance(err, torch.cuda.OutOfMemoryError):
+        if run.model is run.net or isinstance(err, torch.cuda.OutOfMemoryError):
             raise
         first = str(err).splitlines()[0] if str(err) else ""
         warnings.warn(f"torch.compile failed on the first step ({type(err).__name__}: {first}); training uncompiled")
-        plain = compile_run(run.net, run.forward_loss, None,
-                            note=f"compile failed: {type(err).__name__}; trained uncompiled")
-        return prepare(plain, optimizers, batches, device, autocast, stopping)
+        from .optim import Muon, muon_update
+
+        for opt in optimizers:
+            if isinstance(opt, Muon):
+                opt.update = muon_update
+        run = compile_run(run.net, run.forward_loss, None,
+                          note=f"compile failed: {type(err).__name__}; trained uncompiled")
+        run.gave_up_before = gave_up
+        if needs_warm_up(device):
+            run.seconds = warm_up(run, optimizers, batches(), autocast, stopping, evaluate, evaluate_before_stop)
+    finally:
+        if totals is not None:
+            totals.zero_()   # the warm-up's steps added to it
+    return run
+
+
+WARM_CALLS = 3   # calls of each compiled state before the clock: with CUDA graphs the 1st runs eager, the 2nd records
 
 
 def warm_up(run: CompiledRun, optimizers: list, batches: list, autocast: torch.dtype | None = None,
-            stopping: Sequence[torch.Tensor] = ()) -> float:
-    """Pay the one-off costs before the clock starts: compilation, cuDNN's search for the fastest
-    algorithms, the lazy loading of kernels (the optimisers' too). Two real training steps at each
-    image size, the second without a gradient for `stopping` (each is its own graph), and one
-    evaluation-mode call; then every weight, buffer, optimiser state and lr is put back, so the run
-    trains exactly as if none of this had happened. Returns the seconds it took."""
+            stopping: Sequence[torch.Tensor] = (), evaluate: Callable | None = None,
+            evaluate_before_stop: bool = False) -> float:
+    """Pay the one-off costs before the clock starts: compilation, CUDA graphs' recording, cuDNN's
+    search for the fastest algorithms, the lazy loading of kernels (the optimisers' too). At each image
+    size, `WARM_CALLS` real training steps with a gradient for `stopping` and as many without (each is
+    its own graph), so that no state records a CUDA graph inside the timer; then the run's evaluations
+    as many times, in the states they will run in (or one evaluation-mode call). Every weight, buffer,
+    optimiser state and lr is then put back, so the run trains exactly as if none of this had happened.
+    Returns the seconds it took."""
     net = run.net
     saved = dict(net={k: v.clone() for k, v in net.state_dict().items()},
                  optimizers=[copy.deepcopy(opt.state_dict()) for opt in optimizers])
     start = time.perf_counter()
     try:
         for x, y in batches:
-            for step in range(2):
+            for trains in (True, False) if stopping else (True,):
                 for p in stopping:
-                    p.requires_grad_(step == 0)
-                loss, _ = run.forward(x, y)
-                loss.backward()
-                for opt in optimizers:
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
+                    p.requires_grad_(trains)
+                for _ in range(WARM_CALLS):
+                    loss, _ = run.forward(x, y)
+                    loss.backward()
+                    for opt in optimizers:
+                        opt.step()
+                        opt.zero_grad(set_to_none=True)
         net.eval()
-        with torch.no_grad(), mixed_precision(x.device, autocast):
-            run.model(x)
+        for trains in ((True, False) if evaluate_before_stop else (False,)) if stopping else (True,):
+            for p in stopping:
+                p.requires_grad_(trains)
+            for _ in range(WARM_CALLS if evaluate is not None else 1):
+                if evaluate is not None:
+                    evaluate(run.model)
+                else:
+                    with torch.no_grad(), mixed_precision(x.device, autocast):
+                        run.model(x)
         synchronize(x.device)
     finally:
         for p in stopping:
@@ -195,9 +254,10 @@ def warm_up(run: CompiledRun, optimizers: list, batches: list, autocast: torch.d
     return time.perf_counter() - start
 
 
-def check_compiled(run: CompiledRun, gave_up_before: int) -> str:
+def check_compiled(run: CompiledRun, gave_up_before: int | None = None) -> str:
     """The run's compile note, amended when torch.compile gave up during the run and ran (part of) it
-    eager (`gave_up_before`: `dynamo_gave_up()` before the run)."""
+    eager (`gave_up_before`: `dynamo_gave_up()` before the run; default: before `prepare`)."""
+    gave_up_before = run.gave_up_before if gave_up_before is None else gave_up_before
     if run.model is run.net or dynamo_gave_up() == gave_up_before:
         return run.note
     warnings.warn("torch.compile gave up part-way through this run (recompile limit or tracing error) "

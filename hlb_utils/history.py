@@ -52,22 +52,21 @@ class EpochLog:
     the loss stays finite, the progress line, and one history row per epoch (with the test scores the
     loop hands it)."""
 
-    def __init__(self, cfg, plan, timer: Timer, verbose: bool) -> None:
+    def __init__(self, cfg, plan, timer: Timer, verbose: bool, totals=None) -> None:
         self.cfg, self.plan, self.timer = cfg, plan, timer
         self.device = timer.device
         self.history, self.interrupted = [], False
         self.table = LiveTable(COLUMNS, enabled=verbose)
+        # the epoch's summed loss and correct count, on the device: the training step adds to them
+        # (`train.forward_loss`, inside a compiled step's graph), so a GPU never waits for them
+        self.totals = torch.zeros(2, device=self.device) if totals is None else totals
         self._new_epoch()
 
     def _new_epoch(self) -> None:
-        # device tensors: adding to them never makes the host wait for a GPU
-        self.loss = torch.zeros((), device=self.device)
-        self.correct = torch.zeros((), device=self.device, dtype=torch.long)
+        self.totals.zero_()   # in place: a compiled step holds this tensor
         self.seen = 0
 
-    def step(self, loss, logits, y, step: int) -> None:
-        self.loss += loss.detach()
-        self.correct += (logits.detach().argmax(1) == y).sum()
+    def step(self, loss, y, step: int) -> None:
         self.seen += len(y)
         if self.device.type == "cpu":
             # On the CPU a per-step check is free; on a GPU it would stall the queue, so there the
@@ -85,10 +84,10 @@ class EpochLog:
     def epoch(self, epoch: int, step: int, lr: float, scores: dict) -> None:
         """One history row: the epoch's running loss and accuracy, and its test `scores` (test_loss,
         test_acc, ema_acc; those missing stay NaN)."""
-        loss = self.loss.item()
-        self._check_finite(self.loss, f"in the epoch ending at step {step}", step)
+        loss, correct = self.totals.tolist()
+        self._check_finite(self.totals[0], f"in the epoch ending at step {step}", step)
         seen = max(self.seen, 1)
-        row = dict(epoch=epoch, train_loss=loss / seen, train_acc=self.correct.item() / seen,
+        row = dict(epoch=epoch, train_loss=loss / seen, train_acc=correct / seen,
                    test_loss=math.nan, test_acc=math.nan, ema_acc=math.nan, tta_acc=math.nan,
                    train_seconds=self.timer.total, lr=lr)
         row.update(scores)

@@ -98,7 +98,11 @@ def _plan_crops(x_padded: torch.Tensor, size: int, dy: torch.Tensor, dx: torch.T
 def _apply_crops(x_padded: torch.Tensor, size: int, plan: tuple) -> torch.Tensor:
     """crop_at's device half: only kernels, no copy from the host."""
     groups, sources, inverse = plan
-    out = x_padded.new_empty((len(sources), x_padded.shape[1], size, size))
+    # the crops keep the store's memory format, so a channels_last store needs no conversion per epoch
+    layout = torch.channels_last if x_padded.dim() == 4 and not x_padded.is_contiguous() \
+        and x_padded.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    out = torch.empty((len(sources), x_padded.shape[1], size, size), dtype=x_padded.dtype, device=x_padded.device,
+                      memory_format=layout)
     start = 0
     for (y, x), mirrored, count in groups:
         view = x_padded[:, :, y:y + size, x:x + size]
@@ -229,8 +233,11 @@ class DeviceLoader:
         self._padded = pad_reflect(normalised, self._pad)
         del normalised
         self.labels = labels.to(self.device, torch.int64)
-        # On the CPU one batch at a time stays in cache; elsewhere the whole epoch in a few big kernels.
+        # On the CPU one batch at a time stays in cache; elsewhere the whole epoch in a few big kernels,
+        # cut from a store already in the batches' memory format (as hiverge's), not converted every epoch.
         self._whole_epoch = self.device.type != "cpu"
+        if self._whole_epoch and channels_last:
+            self._padded = self._padded.contiguous(memory_format=torch.channels_last)
         self._resets = 0
         self.reset()
 

@@ -122,6 +122,7 @@ class Muon(torch.optim.Optimizer):
         self.ns_dtype, self.batch = dtype, batch
         self.renorm_every, self.renorm_growth, self.total_steps = renorm_every, renorm_growth, total_steps
         self.steps_done, self.last_renorm = 0, 0
+        self.update = muon_update   # compiled by `compiling.prepare` on CUDA
 
     def state_dict(self) -> dict:
         """torch's state plus the rescaling clock, so a saved and restored Muon rescales on schedule."""
@@ -153,47 +154,61 @@ class Muon(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            updates = self._orthogonalise(self._momentum(params, group), group)
-            lr, decay = group["lr"], 1 - group["lr"] * group["weight_decay"]
-            for p, update in zip(params, updates):
-                if renorm:
-                    p.mul_(p.shape[0] ** 0.5 / p.norm().clamp_min(1e-12))
-                p.add_(update.to(p.dtype), alpha=-lr)
-                if decay != 1:
-                    p.mul_(decay)
+            for p in params:
+                if "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
+            bufs = [self.state[p]["momentum_buffer"] for p in params]
+            updates = self.update(params, [p.grad for p in params], bufs, group["momentum"], group["nesterov"],
+                                  renorm, group["ns_steps"], group["ns_coeffs"], self.ns_dtype, self.batch)
+            # the lr changes every step: applied here, outside the (compiled) update, so no step recompiles it
+            torch._foreach_add_(params, updates, alpha=-group["lr"])
+            decay = 1 - group["lr"] * group["weight_decay"]
+            if decay != 1:
+                torch._foreach_mul_(params, decay)
         return loss
 
-    def _orthogonalise(self, updates: list, group: dict) -> list:
-        """Newton-Schulz of each update as an (out, in*k*k) matrix, batched by shape or all padded together."""
-        mats = [u.reshape(u.shape[0], -1) for u in updates]
-        def run(stack):
-            return _newton_schulz_batched(stack, group["ns_steps"], self.ns_dtype, group["ns_coeffs"])
 
-        if self.batch == "pad" and len({m.device for m in mats}) == 1:
-            rows, cols = max(m.shape[0] for m in mats), max(m.shape[1] for m in mats)
-            padded = run(torch.stack([F.pad(m, (0, cols - m.shape[1], 0, rows - m.shape[0])) for m in mats]))
-            return [o[:m.shape[0], :m.shape[1]].reshape(u.shape) for o, m, u in zip(padded, mats, updates)]
-        by_shape = defaultdict(list)
-        for i, m in enumerate(mats):
-            by_shape[(m.shape, m.device)].append(i)
-        out = [None] * len(mats)
-        for indices in by_shape.values():
-            for i, o in zip(indices, run(torch.stack([mats[i] for i in indices]))):
-                out[i] = o.reshape(updates[i].shape)
-        return out
-
-    def _momentum(self, params: list, group: dict) -> list:
-        """buf <- momentum * buf + grad; the update is grad + momentum * buf (Nesterov) or buf.
-
-        `torch._foreach_*` does each line for all weights at once (a few kernels, not a few per weight).
-        """
+def muon_update(params: list, grads: list, bufs: list, momentum: float, nesterov: bool, renorm: bool,
+                ns_steps: int, coeffs: tuple, dtype: torch.dtype | None, batch: str) -> list:
+    """Muon's step but for the lr: momentum, the orthogonalised updates and, when `renorm`, each weight
+    rescaled in place to norm sqrt(out channels). One function, so that a compiled run compiles it
+    into a few kernels (`compiling.prepare` replaces `Muon.update` with its compiled self on CUDA);
+    eagerly it is the same arithmetic. Returns the updates, in the weights' dtypes."""
+    updates = _orthogonalise(_momentum(grads, bufs, momentum, nesterov), ns_steps, coeffs, dtype, batch)
+    if renorm:
         for p in params:
-            if "momentum_buffer" not in self.state[p]:
-                self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
-        bufs, grads = [self.state[p]["momentum_buffer"] for p in params], [p.grad for p in params]
-        torch._foreach_mul_(bufs, group["momentum"])
-        torch._foreach_add_(bufs, grads)
-        return torch._foreach_add(grads, bufs, alpha=group["momentum"]) if group["nesterov"] else bufs
+            p.mul_(p.shape[0] ** 0.5 / p.norm().clamp_min(1e-12))
+    return [u.to(p.dtype) for p, u in zip(params, updates)]
+
+
+def _momentum(grads: list, bufs: list, momentum: float, nesterov: bool) -> list:
+    """buf <- momentum * buf + grad; the update is grad + momentum * buf (Nesterov) or buf.
+
+    `torch._foreach_*` does each line for all weights at once (a few kernels, not a few per weight).
+    """
+    torch._foreach_mul_(bufs, momentum)
+    torch._foreach_add_(bufs, grads)
+    return torch._foreach_add(grads, bufs, alpha=momentum) if nesterov else bufs
+
+
+def _orthogonalise(updates: list, ns_steps: int, coeffs: tuple, dtype: torch.dtype | None, batch: str) -> list:
+    """Newton-Schulz of each update as an (out, in*k*k) matrix, batched by shape or all padded together."""
+    mats = [u.reshape(u.shape[0], -1) for u in updates]
+    def run(stack):
+        return _newton_schulz_batched(stack, ns_steps, dtype, coeffs)
+
+    if batch == "pad" and len({m.device for m in mats}) == 1:
+        rows, cols = max(m.shape[0] for m in mats), max(m.shape[1] for m in mats)
+        padded = run(torch.stack([F.pad(m, (0, cols - m.shape[1], 0, rows - m.shape[0])) for m in mats]))
+        return [o[:m.shape[0], :m.shape[1]].reshape(u.shape) for o, m, u in zip(padded, mats, updates)]
+    by_shape = defaultdict(list)
+    for i, m in enumerate(mats):
+        by_shape[(m.shape, m.device)].append(i)
+    out = [None] * len(mats)
+    for indices in by_shape.values():
+        for i, o in zip(indices, run(torch.stack([mats[i] for i in indices]))):
+            out[i] = o.reshape(updates[i].shape)
+    return out
 
 
 def _piecewise_linear(t: float, points: list[tuple[float, float]]) -> float:
@@ -266,7 +281,8 @@ def _group(name: str, params: list, lr: float, wd: float) -> dict:
     return dict(params=params, lr=lr, initial_lr=lr, name=name, weight_decay=wd / lr if lr > 0 else 0.0)
 
 
-def make_optimizers(net: nn.Module, cfg, dtype: torch.dtype | None = None) -> list[torch.optim.Optimizer]:
+def make_optimizers(net: nn.Module, cfg, dtype: torch.dtype | None = None, fused: bool | None = None
+                    ) -> list[torch.optim.Optimizer]:
     """The optimisers `cfg` asks for, each group tagged with `name` and `initial_lr` (used by `train.train`).
 
     'muon': Muon on the filters; Nesterov SGD on 'whiten_bias', 'norm_biases' and 'other' (bias_lr)
@@ -279,6 +295,8 @@ def make_optimizers(net: nn.Module, cfg, dtype: torch.dtype | None = None) -> li
     step, and sets the 'whiten_bias' group's lr on its own clock: linearly down to 0 over
     cfg.whiten_bias_epochs. `dtype` is the run's precision (`device.pick_dtype` of cfg.dtype): Muon's
     Newton-Schulz runs in it, so a "fp32" run orthogonalises in fp32 too (None: the device's default).
+    `fused` (None: on CUDA) steps all SGD groups in one kernel, as hiverge's record does, instead of ten
+    multi-tensor ones; the CPU keeps the multi-tensor step, whose results the CPU runs are checked against.
     """
     scale = sgd_lr_scale(cfg.sgd_momentum)
     bias_lr, head_lr, wd = cfg.bias_lr / scale, cfg.head_lr / scale, cfg.weight_decay * cfg.batch_size / scale
@@ -297,7 +315,9 @@ def make_optimizers(net: nn.Module, cfg, dtype: torch.dtype | None = None) -> li
         sgd_groups.append(_group("filters", parts["filters"] + parts["other"], cfg.lr / scale, wd))
         optimizers = []
     sgd_groups = [g for g in sgd_groups if g["params"]]
+    if fused is None:
+        fused = all(p.is_cuda for g in sgd_groups for p in g["params"]) and bool(sgd_groups)
     # PyTorch refuses Nesterov without momentum, so sgd_momentum=0 means plain SGD.
     optimizers.insert(0, torch.optim.SGD(sgd_groups, lr=bias_lr, momentum=cfg.sgd_momentum,
-                                         nesterov=cfg.sgd_momentum > 0))
+                                         nesterov=cfg.sgd_momentum > 0, fused=fused or None))
     return optimizers

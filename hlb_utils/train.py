@@ -31,7 +31,7 @@ from torch import nn
 from . import data as data_mod
 from . import optim as optim_mod
 from .config import TrainConfig, get_profile
-from .compiling import check_compiled, compile_choice, compile_run, dynamo_gave_up, prepare
+from . import compiling
 from .device import Timer, device_name, dtype_name, mixed_precision, pick_device, pick_dtype, region, use_channels_last
 from .evaluate import epoch_scores, evaluate
 from .loader import DeviceLoader, shrink
@@ -66,6 +66,9 @@ class TrainResult:
     compile_note: str = "off"
     host: str = field(default_factory=socket.gethostname)   # the machine that trained (many runs on a cluster)
     model: nn.Module | None = field(default=None, repr=False)
+    # the trained weights on the CPU, when `model` is the process's one net of its shape (on CUDA) and the
+    # next run re-initialises it: `model.load_state_dict(result.weights)` brings this run's back
+    weights: dict | None = field(default=None, repr=False)
 
 
 def make_loaders(cfg: TrainConfig, data, device, dtype=torch.float32, channels_last: bool = False):
@@ -112,38 +115,44 @@ def plan_steps(cfg: TrainConfig, steps_per_epoch: int) -> Plan:
 
 
 def set_lrs(optimizers, cfg: TrainConfig, step: int, total: int, whiten_steps: int) -> float:
-    """Scale every group's initial lr by the schedule; the whitening bias decays to 0 on its own clock.
-
-    Once its lr is 0 the whitening bias gets no gradient either (as in airbench94 and hiverge's record):
-    nothing before the first conv group then needs one, so the backward pass stops there. The weights
-    come out the same; the steps are cheaper, most of all on small images. `train()` switches the
-    gradient back on at the end."""
+    """Scale every group's initial lr by the schedule; the whitening bias decays to 0 on its own clock
+    (and the loop then stops its gradient). Returns the schedule's multiplier."""
     mult = lr_multiplier(cfg, step, total)
     for opt in optimizers:
         for group in opt.param_groups:
             if group.get("name") == "whiten_bias":
-                trains = step < whiten_steps
-                group["lr"] = group["initial_lr"] * (1 - step / whiten_steps) if trains else 0.0
-                for p in group["params"]:
-                    p.requires_grad_(trains)
+                group["lr"] = group["initial_lr"] * (1 - step / whiten_steps) if step < whiten_steps else 0.0
             else:
                 group["lr"] = group["initial_lr"] * mult
     return mult
 
 
+def stop_gradient(params) -> None:
+    """No gradient for `params` from now on. Once the whitening bias's lr is 0 (as in airbench94 and
+    hiverge's record) nothing before the first conv group needs a gradient, so the backward pass stops
+    there: the weights come out the same, the steps are cheaper. `train()` switches it back on at the end."""
+    for p in params:
+        p.requires_grad_(False)
+
+
 def whitening_bias(optimizers) -> list[torch.Tensor]:
-    """The parameters of the groups named 'whiten_bias', whose gradient `set_lrs` stops part-way."""
+    """The parameters of the groups named 'whiten_bias', whose gradient the loop stops part-way."""
     return [p for opt in optimizers for group in opt.param_groups if group.get("name") == "whiten_bias"
             for p in group["params"]]
 
 
 def forward_loss(model: Callable, x: torch.Tensor, y: torch.Tensor, *, loss_fn: LossFn,
-                 autocast: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+                 autocast: torch.dtype | None, totals: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward pass and the loss, in mixed precision if asked: what `compile_scope='step'`
-    compiles as one graph. Returns (summed loss, logits)."""
+    compiles as one graph. Returns (summed loss, logits). `totals` (the epoch's summed loss and correct
+    count, `history.EpochLog.totals`) is added to here, inside the graph, so the history costs a
+    compiled step no kernel of its own."""
     with mixed_precision(x.device, autocast):
         logits = model(x)
         loss = loss_fn(logits.float(), y)
+    if totals is not None:
+        totals.add_(torch.stack([loss.detach().float(), (logits.detach().argmax(1) == y).sum().float()]))
     return loss, logits
 
 
@@ -155,8 +164,8 @@ def train_loop(cfg: TrainConfig, plan: Plan, net: nn.Module, forward: Callable, 
     the steps are timed; each epoch then evaluates the test set (when due) and adds a row to the
     history. Returns the EMA (None if off).
 
-    `forward(x, y) -> (loss, logits)` runs `net` (or its compiled self); `model` evaluates:
-    `evaluate_epoch(model, ema) -> scores` (`evaluate.epoch_scores` on the test loader).
+    `forward(x, y) -> (loss, logits)` runs `net` (or its compiled self) and adds to `log.totals`;
+    `model` evaluates: `evaluate_epoch(model, ema) -> scores` (`evaluate.epoch_scores` on the test loader).
     """
     ema, step = None, 0
     with stops_cleanly(cfg, timer, log):
@@ -168,7 +177,9 @@ def train_loop(cfg: TrainConfig, plan: Plan, net: nn.Module, forward: Callable, 
                 for x, y in batches:
                     if step == plan.total:
                         break
-                    lr = set_lrs(optimizers, cfg, step, plan.total, plan.whiten)   # (and stops the whitening bias)
+                    if step == plan.whiten:   # the whitening bias has learned its part: no gradient from here on
+                        stop_gradient(whitening_bias(optimizers))
+                    lr = set_lrs(optimizers, cfg, step, plan.total, plan.whiten)
                     if step < plan.low_res:
                         x = shrink(x, cfg.low_res)
                     loss, logits = forward(x, y)
@@ -176,7 +187,7 @@ def train_loop(cfg: TrainConfig, plan: Plan, net: nn.Module, forward: Callable, 
                     for opt in optimizers:
                         opt.step()
                         opt.zero_grad(set_to_none=True)
-                    log.step(loss, logits, y, step)   # running totals; on the CPU a NaN check, progress
+                    log.step(loss, y, step)   # on the CPU a NaN check and progress
                     step += 1
                     if cfg.ema_decay > 0 and step > plan.ema_start and step % cfg.ema_every == 0:
                         if ema is None:
@@ -219,54 +230,94 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
 
     train_loader, test_loader = make_loaders(cfg, data, device, dtype, channels_last)
     plan = plan_steps(cfg, len(train_loader))
-    net = (model if model is not None else make_net(cfg, len(data.classes))).to(device)
-    if cfg.weights == "half":
-        # hiverge's record: every weight and buffer (BatchNorm's statistics too) in the compute precision
-        net = net.to(dtype)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
+    net = _place(model if model is not None else make_net(cfg, len(data.classes)), cfg, device, dtype, channels_last)
+    totals = None   # the epoch's running loss and correct count (history.EpochLog): the net's own if it has one
+    if model is None and reuses_nets(device):
+        net, totals = _one_net_per_shape(net)   # the same tensors every run: compiled code and CUDA graphs stay valid
     init_seconds = _init_whitening(net, cfg, train_loader)
     # ours runs Newton-Schulz in the run's precision
     optimizers = _optimizers(make_optimizers or partial(optim_mod.make_optimizers, dtype=dtype), net, cfg, plan)
     loss_fn = loss_fn or partial(smoothed_cross_entropy, smoothing=cfg.label_smoothing, reduction="sum")
-    mode, note = compile_choice(cfg.compile, device, cfg.compile_mode)
-    run = compile_run(net, partial(forward_loss, loss_fn=loss_fn, autocast=autocast), mode, cfg.compile_scope, note)
-    gave_up = dynamo_gave_up()
-    stopping = whitening_bias(optimizers)
-    run, compile_seconds = prepare(run, optimizers, partial(_first_batches, train_loader, cfg, plan), device, autocast,
-                                   stopping)
+    log = EpochLog(cfg, plan, Timer(device), verbose, totals)
+    run = compiling.prepare(net, partial(forward_loss, loss_fn=loss_fn, autocast=autocast), optimizers,
+                            partial(_first_batches, train_loader, cfg, plan), device=device, enabled=cfg.compile,
+                            mode=cfg.compile_mode, scope=cfg.compile_scope, autocast=autocast,
+                            evaluate=partial(_evaluations, test_loader, cfg, autocast),
+                            stopping=whitening_bias(optimizers), totals=log.totals,
+                            evaluate_before_stop=plan.whiten >= min(plan.steps_per_epoch, plan.total))
     if verbose and run.note != "off":
-        print(f"torch.compile: {run.note}" + (f" ({compile_seconds:.1f} s warm-up, not timed)"
-                                               if compile_seconds else ""))
-
-    timer = Timer(device)
-    log = EpochLog(cfg, plan, timer, verbose)
+        print(f"torch.compile: {run.note}" + (f" ({run.seconds:.1f} s warm-up, not timed)" if run.seconds else ""))
     evaluate_epoch = partial(epoch_scores, loader=test_loader, autocast_dtype=autocast)
     try:
-        ema = train_loop(cfg, plan, net, run.forward, run.model, optimizers, train_loader, timer, log,
+        ema = train_loop(cfg, plan, net, run.forward, run.model, optimizers, train_loader, log.timer, log,
                          evaluate_epoch)
+        acc = math.nan
+        tta_start = time.perf_counter()
+        if not log.interrupted or log.history:
+            # Ctrl-C here keeps the finished epochs' history
+            with region("hlb:evaluate"), stops_cleanly(cfg, log.timer, log):
+                acc = evaluate(ema.model if ema is not None else run.model, test_loader, tta=cfg.tta,
+                               autocast_dtype=autocast)["acc"]
+            log.final(acc)
+        tta_seconds = time.perf_counter() - tta_start
     finally:
-        for p in stopping:   # the net leaves as it came: a learner's net trains again as before
+        for p in whitening_bias(optimizers):   # the net leaves as it came: a learner's net trains again as before
             p.requires_grad_(True)
-    tta_start = time.perf_counter()
-    acc = math.nan
-    if not log.interrupted or log.history:
-        with region("hlb:evaluate"), stops_cleanly(cfg, timer, log):   # Ctrl-C here keeps the epochs' history
-            acc = evaluate(ema.model if ema is not None else run.model, test_loader, tta=cfg.tta,
-                           autocast_dtype=autocast)["acc"]
-        log.final(acc)
-    tta_seconds = time.perf_counter() - tta_start
     chance = at_chance(acc, len(data.classes), len(test_loader.labels))
     if verbose:
         note = f" (chance level for {len(data.classes)} classes: the net learned nothing)" if chance else ""
-        print(f"final test accuracy (TTA {cfg.tta}): {acc:.4f}{note}   training: {timer.total:.2f} s")
+        print(f"final test accuracy (TTA {cfg.tta}): {acc:.4f}{note}   training: {log.timer.total:.2f} s")
     return TrainResult(config=cfg, history=pd.DataFrame(log.history, columns=COLUMNS + ["lr"]),
-                       test_accuracy=acc, train_seconds=timer.total, compile_seconds=compile_seconds,
+                       test_accuracy=acc, train_seconds=log.timer.total, compile_seconds=run.seconds,
                        init_seconds=init_seconds, tta_seconds=tta_seconds,
                        wall_seconds=time.perf_counter() - wall_start, device=device_name(device),
                        precision=dtype_name(dtype), peak_memory_mb=_peak_memory_mb(device),
-                       interrupted=log.interrupted, at_chance=chance, compile_note=check_compiled(run, gave_up),
-                       model=net)
+                       interrupted=log.interrupted, at_chance=chance, compile_note=compiling.check_compiled(run),
+                       model=net, weights=_cpu_copy(net) if totals is not None else None)
+
+
+def _place(net: nn.Module, cfg: TrainConfig, device, dtype, channels_last: bool) -> nn.Module:
+    """The net on the run's device, in its precision and memory format."""
+    net = net.to(device)
+    if cfg.weights == "half":
+        # hiverge's record: every weight and buffer (BatchNorm's statistics too) in the compute precision
+        net = net.to(dtype)
+    return net.to(memory_format=torch.channels_last) if channels_last else net
+
+
+def reuses_nets(device: torch.device) -> bool:
+    """Whether runs keep one net per shape and re-initialise it in place (on CUDA: a CUDA graph is bound
+    to its tensors' addresses, and a new net per run would record new graphs and keep the old ones)."""
+    return device.type == "cuda"
+
+
+# the process's nets, one per shape: key -> (net, the epoch's running totals its compiled step adds to)
+_NETS: dict = {}
+
+
+def _key(net: nn.Module) -> tuple:
+    """What must agree for two runs to share a net: the modules (their settings: activations, BatchNorm's
+    momentum) and every tensor's name, shape, dtype, strides and device."""
+    tensors = [*net.named_parameters(), *net.named_buffers()]
+    return repr(net), tuple((name, tuple(t.shape), t.dtype, t.stride(), str(t.device)) for name, t in tensors)
+
+
+def _one_net_per_shape(fresh: nn.Module) -> tuple[nn.Module, torch.Tensor]:
+    """The process's net shaped like `fresh`, holding `fresh`'s initial weights (copied in place), or
+    `fresh` itself the first time; with the running totals its compiled step adds to."""
+    key = _key(fresh)
+    if key not in _NETS:
+        _NETS[key] = (fresh, torch.zeros(2, device=next(fresh.parameters()).device))
+        return _NETS[key]
+    net, totals = _NETS[key]
+    with torch.no_grad():
+        for mine, theirs in zip([*net.parameters(), *net.buffers()], [*fresh.parameters(), *fresh.buffers()]):
+            mine.copy_(theirs)
+    return net, totals
+
+
+def _cpu_copy(net: nn.Module) -> dict:
+    return {name: t.detach().to("cpu", copy=True) for name, t in net.state_dict().items()}
 
 
 def _init_whitening(net: nn.Module, cfg: TrainConfig, loader: DeviceLoader) -> float:
@@ -289,6 +340,12 @@ def _optimizers(factory: OptimizerFactory, net: nn.Module, cfg: TrainConfig, pla
         if isinstance(opt, Muon):
             opt.total_steps = plan.total   # its renormalisation period grows with progress
     return optimizers
+
+
+def _evaluations(test_loader: DeviceLoader, cfg: TrainConfig, autocast, model: Callable) -> None:
+    """The run's evaluations on `model`, for the warm-up: the final one (with the config's TTA) runs the
+    network at every size the per-epoch ones do, and at the TTA's own sizes."""
+    evaluate(model, test_loader, tta=cfg.tta, autocast_dtype=autocast)
 
 
 def _first_batches(loader: DeviceLoader, cfg: TrainConfig, plan: Plan) -> list:

@@ -230,7 +230,7 @@ def test_warm_up_really_steps_the_optimisers(synthetic, monkeypatch):
     for opt in optimizers:
         monkeypatch.setattr(opt, "step", lambda *a, o=opt, real=opt.step: steps.append(type(o).__name__) or real())
     comp.warm_up(run, optimizers, [next(iter(train_loader))])
-    assert sorted(set(steps)) == ["Muon", "SGD"] and len(steps) == 4   # two steps, two optimisers
+    assert sorted(set(steps)) == ["Muon", "SGD"] and len(steps) == 2 * comp.WARM_CALLS   # two optimisers
 
 
 @pytest.mark.parametrize("compile", [False, True])
@@ -256,9 +256,9 @@ def test_a_cuda_run_warms_up_compiled_or_not_and_trains_as_if_it_had_not(synthet
 def eager_backend_compile(monkeypatch, backend="eager"):
     """train() compiles only on CUDA; here its compile goes through compile_run with the `eager`
     backend, which traces like the real one (same guards, same recompiles) but builds no kernels."""
-    monkeypatch.setattr(train, "compile_choice", lambda enabled, device, mode:
+    monkeypatch.setattr(comp, "compile_choice", lambda enabled, device, mode:
                         ("default", "compiled (eager backend)") if enabled else (None, "off"))
-    monkeypatch.setattr(train, "compile_run", partial(comp.compile_run, backend=backend))
+    monkeypatch.setattr(comp, "BACKEND", backend)
 
 
 def net_with_trainable_bn_scales(cfg):
@@ -482,3 +482,58 @@ def test_run_records_name_a_fallback_to_eager_in_any_run(synthetic, tmp_path):
         "compiled (default) | compiled (default); fell back to eager part-way"
     assert list(runs.RunsResult(first.config, [first, second]).table["compile"]) == \
         [first.compile_note, second.compile_note]
+
+
+def test_a_series_trains_one_net_in_place_warms_every_graph_and_compiles_nothing_once_timed(synthetic, monkeypatch):
+    # On CUDA a series keeps one net per shape (CUDA graphs are bound to its tensors): re-initialised in
+    # place, it trains as a new net would. Every compiled graph (training steps with and without the
+    # whitening bias's gradient, Muon's update, the evaluations at their TTA sizes) is called at least
+    # WARM_CALLS times before the clock first starts (with CUDA graphs the 1st call runs eager and the
+    # 2nd records), and nothing compiles after that, final evaluation included, nor in a later run.
+    torch._dynamo.reset()
+    graphs, calls = [], []
+
+    def backend(graph_module, example_inputs):
+        index = len(graphs)
+        graphs.append(graph_module)
+        calls.append(0)
+
+        def run(*args):
+            calls[index] += 1
+            return graph_module.forward(*args)
+        return run
+
+    eager_backend_compile(monkeypatch, backend=backend)
+    monkeypatch.setattr(comp, "needs_warm_up", lambda device: True)
+    monkeypatch.setattr(train, "reuses_nets", lambda device: True)
+    monkeypatch.setattr(train, "_NETS", {})
+    at_first_start = []
+
+    class WatchedTimer(dev.Timer):
+        def start(self):
+            if not at_first_start:
+                at_first_start.append((len(graphs), list(calls)))
+            super().start()
+
+    monkeypatch.setattr(train, "Timer", WatchedTimer)
+    cfg = tiny_cfg(compile=True, compile_scope="step", epochs=2, whiten_bias_epochs=0.25, train_subset=400,
+                   test_subset=300, tta="selective", renorm_every=2)
+    first = train.train(cfg.replace(seed=1), synthetic, verbose=False)
+    built, warm_calls = at_first_start[0]
+    assert built == len(graphs) > 0 and min(warm_calls) >= 3
+    storage = [p.data_ptr() for p in first.model.parameters()]
+    weights_after_first = {k: v.clone() for k, v in first.model.state_dict().items()}
+    second = train.train(cfg.replace(seed=2), synthetic, verbose=False)
+    assert len(graphs) == built and second.model is first.model
+    assert [p.data_ptr() for p in second.model.parameters()] == storage
+    # run 1 keeps its own weights, on the CPU
+    assert all(torch.equal(v, first.weights[k]) for k, v in weights_after_first.items())
+    assert first.weights["head.weight"].device.type == "cpu"
+    # re-initialised in place, the net trains as a new one does
+    monkeypatch.setattr(train, "reuses_nets", lambda device: False)
+    fresh = train.train(cfg.replace(seed=2), synthetic, verbose=False)
+    assert fresh.model is not second.model and fresh.weights is None
+    cols = ["train_loss", "train_acc", "test_loss", "test_acc"]
+    assert fresh.history[cols].equals(second.history[cols]) and fresh.test_accuracy == second.test_accuracy
+    for a, b in zip(fresh.model.state_dict().values(), second.model.state_dict().values()):
+        assert torch.equal(a, b)

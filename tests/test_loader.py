@@ -261,3 +261,22 @@ def test_loader_jitters_colour_once_an_epoch_and_only_when_asked():
         dim=(1, 2, 3), keepdim=True).expand_as(a), atol=1e-4, rtol=0)
     test = L.DeviceLoader(images, labels, 50, train=False, brightness=0.2, contrast=0.2)
     assert torch.equal(next(iter(test))[0], test.images[:50])
+
+
+def test_a_channels_last_store_yields_the_same_batches_already_channels_last():
+    # Off the CPU the padded store is kept channels_last (as the batches), so no epoch converts it; the
+    # crops, flips and jitter come out the same, value for value. The CPU keeps its per-batch path.
+    stats = dict(mean=[0.5] * 3, std=[0.25] * 3)
+    images, labels = random_uint8(64), torch.arange(64) % 10
+    options = dict(channels_last=True, translate=2, flip="alternate", brightness=0.1, contrast=0.1, seed=3, **stats)
+    assert L.DeviceLoader(images.clone(), labels, 16, device="meta", **options)._padded.is_contiguous(
+        memory_format=torch.channels_last)
+    plain = L.DeviceLoader(images, labels, 16, **options)
+    stored = L.DeviceLoader(images, labels, 16, **options)
+    assert plain._padded.is_contiguous()
+    stored._whole_epoch = True   # what the loader does on a GPU
+    stored._padded = stored._padded.contiguous(memory_format=torch.channels_last)
+    for _ in range(2):
+        ours = torch.cat([x for x, _ in stored])
+        assert ours.is_contiguous(memory_format=torch.channels_last) and not ours.is_contiguous()
+        assert torch.equal(torch.cat([x for x, _ in plain]), ours)
