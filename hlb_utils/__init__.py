@@ -8,7 +8,7 @@ from importlib import import_module
 __version__ = "0.1.0"
 _MODULES = ("config", "data", "loader", "model", "optim", "evaluate", "train", "progress",
             "runs", "stats", "plots", "notebook", "device", "baseline", "cli", "imagefolder", "cluster",
-            "history", "compiling")
+            "history", "compiling", "check")
 
 
 def __getattr__(name: str):

@@ -171,6 +171,11 @@ def _validate(cfg: TrainConfig) -> None:
         raise ValueError(f"TrainConfig.widths={cfg.widths!r}: the {cfg.net} net needs {groups} positive widths")
     if 0 < cfg.low_res < 8:
         raise ValueError(f"TrainConfig.low_res={cfg.low_res} is too small; allowed 0 (off) or 8..32 pixels")
+    if cfg.low_res and cfg.low_res_epochs >= cfg.epochs:
+        # e.g. halving `epochs` alone: the whole run would then train at low_res pixels, never at full size
+        raise ValueError(f"TrainConfig.low_res_epochs={cfg.low_res_epochs:g} is not below epochs={cfg.epochs:g}: "
+                         f"the whole run would train at {cfg.low_res} px; change both, e.g. "
+                         f".replace(epochs={cfg.epochs:g}, low_res_epochs={0.7 * cfg.epochs:.3g}), or set low_res=0")
     if len(cfg.ns_coeffs) != 3 or not all(isinstance(c, (int, float)) for c in cfg.ns_coeffs):
         raise ValueError(f"TrainConfig.ns_coeffs={cfg.ns_coeffs!r} must be three numbers (a, b, c)")
     for name in ("train_subset", "test_subset"):
@@ -292,8 +297,9 @@ _NOTEBOOK_SIZES: dict[str, dict[str, Any]] = {
         default={},
         cpu=dict(widths=(8, 32, 64, 128), epochs=3, batch_size=256, train_subset=15_000, test_subset=5000,
                  **_SHORT_EMA_CPU),
+        # quick: the weight average over the whole (four-step) run, so that it is updated at all
         quick=dict(widths=(8, 16, 32, 64), epochs=1, batch_size=250, train_subset=1000, test_subset=500,
-                   **_SHORT_EMA_QUICK)),
+                   **{**_SHORT_EMA_QUICK, "ema_epochs": 1.0})),
     # 05: changes to the profile's recipe for each ablation run
     "ablation": dict(
         default={},
