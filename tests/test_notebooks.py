@@ -469,10 +469,9 @@ def _try_the_suggestions(client, nb, code: list[int], name: str) -> None:
     cell to the end; each watched value must differ from the first pass's. The cells are put back."""
     found = suggestions(nb)
     first = [_watch(client, nb, s.watch) for s in found]
-    originals = {}
-    for s in found:
-        i = target_cell(nb, s)
-        originals.setdefault(i, nb.cells[i].source)
+    targets = [target_cell(nb, s) for s in found]   # found before any change: one may edit another's line
+    originals = {i: nb.cells[i].source for i in targets}
+    for s, i in zip(found, targets):
         nb.cells[i].source = apply(nb.cells[i].source, s)
     try:
         for j in code[code.index(min(originals)):]:
