@@ -182,7 +182,8 @@ def train_loop(cfg: TrainConfig, plan: Plan, net: nn.Module, forward: Callable, 
                 for x, y in batches:
                     if step == plan.total:
                         break
-                    lr = set_lrs(optimizers, cfg, step, plan.total, plan.whiten, schedule)   # (and stops the whitening bias)
+                    # the schedule's lrs (and the whitening bias stopped once its own lr reaches 0)
+                    lr = set_lrs(optimizers, cfg, step, plan.total, plan.whiten, schedule)
                     if step < plan.low_res:
                         x = shrink(x, cfg.low_res)
                     loss, logits = forward(x, y)

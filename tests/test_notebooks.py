@@ -429,7 +429,8 @@ def test_exercises_ask_first_and_answer_in_a_fold(path):
         assert not exercises(nb)
         return
     last = nb.cells[-1]
-    assert last.cell_type == "markdown" and last.source.startswith("## Exercises"), f"{path.name} must end with exercises"
+    assert last.cell_type == "markdown" and last.source.startswith("## Exercises"), (
+        f"{path.name} must end with exercises")
     numbered = re.findall(r"^(\d+)\. ", last.source, re.M)
     codes = exercises(nb)
     assert 2 <= len(numbered) <= 4 and numbered == [str(k + 1) for k in range(len(numbered))]
@@ -479,7 +480,8 @@ def _try_the_suggestions(client, nb, code: list[int], name: str) -> None:
     except CellExecutionError as err:
         pytest.fail(f"{name}: after the Try-this changes {[s.edits for s in found]}:\n{err}")
     for s, before in zip(found, first):
-        assert _watch(client, nb, s.watch) != before, f"{name}: the Try-this change {s.edits} left `{s.watch}` as it was"
+        assert _watch(client, nb, s.watch) != before, (
+            f"{name}: the Try-this change {s.edits} left `{s.watch}` as it was")
     for i, source in originals.items():
         nb.cells[i].source = source
 
