@@ -169,8 +169,8 @@ def test_whitening_bias_gradient_stops_with_its_training(synthetic, monkeypatch)
     assert len(stem_backwards) == plan.whiten == 2
     assert stopped.whiten.bias.requires_grad
 
-    def keeps_its_gradient(optimizers, cfg, step, total, whiten_steps):   # the schedule without the stop
-        mult = set_lrs(optimizers, cfg, step, total, whiten_steps)
+    def keeps_its_gradient(optimizers, cfg, step, total, whiten_steps, *schedule):   # the schedule without the stop
+        mult = set_lrs(optimizers, cfg, step, total, whiten_steps, *schedule)
         for p in train.whitening_bias(optimizers):
             p.requires_grad_(True)
         return mult
