@@ -186,7 +186,7 @@ def test_notebook_size_defaults_to_the_resolved_profile_and_hands_out_copies(mon
 
 def test_low_res_epochs_must_leave_full_size_epochs():
     # Halving `epochs` alone must not silently train the whole run at low resolution (issue 21).
-    with pytest.raises(ValueError, match=r"low_res_epochs=7 is not below epochs=5: the whole run would train at 24 px; "
+    with pytest.raises(ValueError, match=r"low_res_epochs=7 is more than epochs=5: the whole run would train at 24 px; "
                                          r"change both, e\.g\. \.replace\(epochs=5, low_res_epochs=3\.5\)"):
         C.get_profile("cpu", epochs=5)
     half = C.get_profile("cpu")
