@@ -26,6 +26,7 @@ The tools around it:
     docs        the executed copies in docs/notebooks and README's figures (`... notebook docs`)
     sizes       what each notebook shortens on a CPU (`notebook_size`)
     plots       the notebooks' figures
+    check       a learner's sketch against the library, in one line that never stops a notebook
     stats       Student's t (scipy.stats): the runs' intervals, paired differences over seeds
     compare     settings compared over paired seeds, and epochs to a target accuracy
     baseline    the conventional baseline of notebook 02 (torchvision DataLoader, plain SGD)
@@ -35,7 +36,7 @@ from importlib import import_module
 __version__ = "0.1.0"
 _MODULES = ("config", "data", "loader", "model", "optim", "evaluate", "train", "progress",
             "runs", "stats", "plots", "notebook", "device", "baseline", "cli", "imagefolder", "cluster",
-            "history", "compiling", "compare", "dataset", "failures", "sizes", "records", "changes")
+            "history", "compiling", "compare", "dataset", "failures", "sizes", "records", "changes", "check")
 
 
 def __getattr__(name: str):

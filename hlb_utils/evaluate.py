@@ -7,6 +7,7 @@ of a short run, because the network was trained on exactly such variants.
 from __future__ import annotations
 
 from contextlib import nullcontext
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -76,9 +77,12 @@ def tta_logits(net: nn.Module | callable, x: Tensor, mode: str = "none") -> Tens
 
 
 @torch.no_grad()
-def evaluate(net: nn.Module | callable, loader, tta: str = "none", autocast_dtype: torch.dtype | None = None
-             ) -> dict:
+def evaluate(net: nn.Module | callable, loader, tta: str = "none", autocast_dtype: torch.dtype | None = None,
+             logits_fn: Callable | None = None) -> dict:
     """Mean loss and accuracy over every example of `loader` (a test DeviceLoader), in eval mode.
+
+    `logits_fn(net, x, mode)` replaces `tta_logits` for the modes other than 'selective' (a learner's
+    own views, notebook 04).
 
     Runs batch by batch, so only one batch's activations are in memory at a time (6 GB GPUs). The
     model is put back in the mode it was in.
@@ -99,7 +103,8 @@ def evaluate(net: nn.Module | callable, loader, tta: str = "none", autocast_dtyp
         for x, y in batches:
             ctx = torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
             with ctx:
-                logits = selective_logits(net, x, chunk=chunk) if tta == "selective" else tta_logits(net, x, tta)
+                logits = (selective_logits(net, x, chunk=chunk) if tta == "selective"
+                          else (logits_fn or tta_logits)(net, x, tta))
             total_loss += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(1) == y).sum().item()
             count += y.numel()

@@ -11,7 +11,7 @@ notebook can show and call each one on its own. Each returns a new tensor and le
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -214,7 +214,7 @@ class DeviceLoader:
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  channels_last: bool = False, mean=None, std=None, flip: str = "alternate",
                  translate: int = 0, cutout: int = 0, brightness: float = 0.0, contrast: float = 0.0,
-                 seed: int = 0, drop_last: bool | None = None):
+                 seed: int = 0, drop_last: bool | None = None, flip_masks: Callable | None = None):
         _check_uint8(images, "images")
         _check_labels(images, labels)
         self.device, self.dtype, self.channels_last = torch.device(device), dtype, channels_last
@@ -225,6 +225,8 @@ class DeviceLoader:
         self.std = torch.as_tensor(std, dtype=torch.float32).cpu()
         self.train, self.batch_size, self.seed = train, batch_size, seed
         self.flip, self.cutout = flip, cutout
+        # a learner's flips (notebook 04): (n, epochs, generator) -> one bool mask per epoch, used in place of `flip`
+        self.flip_masks = flip_masks
         self.brightness, self.contrast = brightness, contrast
         self.drop_last = train if drop_last is None else drop_last
         # only the padded copy is stored: `images` is a view of its centre
@@ -277,7 +279,9 @@ class DeviceLoader:
         span = 2 * self._pad + 1
         dy, dx = (torch.randint(0, span, (n,), generator=gen) for _ in range(2))
         flips = None
-        if self.train and self.flip == "alternate":
+        if self.train and self.flip_masks is not None:
+            flips = self.flip_masks(n, self.epoch + 1, torch.Generator().manual_seed(self.seed))[self.epoch]
+        elif self.train and self.flip == "alternate":
             flips = alternating_flip_mask(self._base_flip, self.epoch)
         elif self.train and self.flip == "random":
             flips = random_flip_mask(n, gen)

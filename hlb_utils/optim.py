@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -281,8 +282,8 @@ def _group(name: str, params: list, lr: float, wd: float) -> dict:
     return dict(params=params, lr=lr, initial_lr=lr, name=name, weight_decay=wd / lr if lr > 0 else 0.0)
 
 
-def make_optimizers(net: nn.Module, cfg, dtype: torch.dtype | None = None, fused: bool | None = None
-                    ) -> list[torch.optim.Optimizer]:
+def make_optimizers(net: nn.Module, cfg, dtype: torch.dtype | None = None, fused: bool | None = None, *,
+                    split: Callable[[nn.Module], dict] | None = None) -> list[torch.optim.Optimizer]:
     """The optimisers `cfg` asks for, each group tagged with `name` and `initial_lr` (used by `train.train`).
 
     'muon': Muon on the filters; Nesterov SGD on 'whiten_bias', 'norm_biases' and 'other' (bias_lr)
@@ -297,10 +298,11 @@ def make_optimizers(net: nn.Module, cfg, dtype: torch.dtype | None = None, fused
     Newton-Schulz runs in it, so a "fp32" run orthogonalises in fp32 too (None: the device's default).
     `fused` (None: on CUDA) steps all SGD groups in one kernel, as hiverge's record does, instead of ten
     multi-tensor ones; the CPU keeps the multi-tensor step, whose results the CPU runs are checked against.
+    `split(net)` sorts the parameters into groups (default `split_params`; notebook 04 passes the learner's).
     """
     scale = sgd_lr_scale(cfg.sgd_momentum)
     bias_lr, head_lr, wd = cfg.bias_lr / scale, cfg.head_lr / scale, cfg.weight_decay * cfg.batch_size / scale
-    parts = split_params(net)
+    parts = (split or split_params)(net)
     sgd_groups = [_group("whiten_bias", parts["whiten_bias"], bias_lr, wd),
                   _group("norm_biases", parts["norm_biases"], bias_lr, wd),
                   _group("head", parts["head"], head_lr, wd)]

@@ -117,7 +117,7 @@ def plot_spread(accuracies, target: float = 0.94, title: str | None = None):
     fig = Figure(figsize=(6, 2.6))
     ax = fig.subplots()
     jitter = [0.05 * ((i * 7) % 5 - 2) for i in range(len(accs))]  # spread dots vertically, reproducibly
-    ax.scatter([a * 100 for a in accs], jitter, alpha=0.7, label=f"{len(accs)} runs")
+    ax.scatter([a * 100 for a in accs], jitter, alpha=0.7, label=f"{len(accs)} run{'s' * (len(accs) != 1)}")
     ax.axvline(s["mean"] * 100, color="C1", label=f"mean {s['mean'] * 100:.2f}%")
     if s["ci95_low"] != NA:  # one run has no interval
         ax.axvspan(s["ci95_low"] * 100, s["ci95_high"] * 100, color="C1", alpha=0.2, label="95% interval of the mean")

@@ -38,8 +38,9 @@ _NOTEBOOK_SIZES: dict[str, dict[str, Any]] = {
         default={},
         cpu=dict(widths=(8, 32, 64, 128), epochs=3, batch_size=256, train_subset=15_000, test_subset=5000,
                  **_SHORT_EMA_CPU),
+        # quick: the weight average over the whole (four-step) run, so that it is updated at all
         quick=dict(widths=(8, 16, 32, 64), epochs=1, batch_size=250, train_subset=1000, test_subset=500,
-                   **_SHORT_EMA_QUICK)),
+                   **{**_SHORT_EMA_QUICK, "ema_epochs": 1.0})),
     # 05: changes to the profile's recipe for each ablation run
     "ablation": dict(
         default={},

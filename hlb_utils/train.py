@@ -44,6 +44,10 @@ from .history import COLUMNS, EpochLog, stops_cleanly
 # make_optimizers(net, cfg) -> an optimiser or a list of them.
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 OptimizerFactory = Callable[[nn.Module, TrainConfig], "torch.optim.Optimizer | list[torch.optim.Optimizer]"]
+# lr_schedule(step, total_steps) -> the lr multiplier; make_ema(net, decay) -> an object with .update(net)
+# and .model; flip_masks(n, epochs, generator) -> one bool mask per epoch; tta_logits(net, x, mode) -> logits.
+Schedule = Callable[[int, int], float]
+EMAFactory = Callable[[nn.Module, float], object]
 
 
 @dataclass
@@ -71,14 +75,16 @@ class TrainResult:
     weights: dict | None = field(default=None, repr=False)
 
 
-def make_loaders(cfg: TrainConfig, data, device, dtype=torch.float32, channels_last: bool = False):
+def make_loaders(cfg: TrainConfig, data, device, dtype=torch.float32, channels_last: bool = False,
+                 flip_masks: Callable | None = None):
     """The training and test DeviceLoaders `train()` uses (test normalised with the training statistics)."""
     device = torch.device(device)
     train_x, train_y = data_mod.subset(data.train_images, data.train_labels, cfg.train_subset)
     test_x, test_y = data_mod.subset(data.test_images, data.test_labels, cfg.test_subset)
     train = DeviceLoader(train_x, train_y, cfg.batch_size, train=True, device=device, dtype=dtype,
                          channels_last=channels_last, flip=cfg.flip, translate=cfg.translate,
-                         cutout=cfg.cutout, brightness=cfg.brightness, contrast=cfg.contrast, seed=cfg.seed)
+                         cutout=cfg.cutout, brightness=cfg.brightness, contrast=cfg.contrast, seed=cfg.seed,
+                         flip_masks=flip_masks)
     # 2000 test images per batch keep a GPU's evaluation memory small; on the CPU, batches of 250 run
     # faster per image than larger ones (benchmarks/NOTES.md).
     eval_batch = 2000 if device.type == "cuda" else 250
@@ -114,10 +120,12 @@ def plan_steps(cfg: TrainConfig, steps_per_epoch: int) -> Plan:
     return Plan(steps_per_epoch, total, whiten, low_res, total - round(cfg.ema_epochs * steps_per_epoch))
 
 
-def set_lrs(optimizers, cfg: TrainConfig, step: int, total: int, whiten_steps: int) -> float:
-    """Scale every group's initial lr by the schedule; the whitening bias decays to 0 on its own clock
-    (and the loop then stops its gradient). Returns the schedule's multiplier."""
-    mult = lr_multiplier(cfg, step, total)
+def set_lrs(optimizers, cfg: TrainConfig, step: int, total: int, whiten_steps: int,
+            schedule: Schedule | None = None) -> float:
+    """Scale every group's initial lr by the schedule (the learner's `schedule(step, total)`, else the
+    config's); the whitening bias decays to 0 on its own clock (and the loop then stops its gradient).
+    Returns the schedule's multiplier."""
+    mult = schedule(step, total) if schedule is not None else lr_multiplier(cfg, step, total)
     for opt in optimizers:
         for group in opt.param_groups:
             if group.get("name") == "whiten_bias":
@@ -158,14 +166,16 @@ def forward_loss(model: Callable, x: torch.Tensor, y: torch.Tensor, *, loss_fn: 
 
 def train_loop(cfg: TrainConfig, plan: Plan, net: nn.Module, forward: Callable, model: Callable,
                optimizers: list, loader: DeviceLoader, timer: Timer, log: EpochLog,
-               evaluate_epoch: Callable) -> EMA | None:
+               evaluate_epoch: Callable, *, schedule: Schedule | None = None,
+               make_ema: EMAFactory = EMA) -> EMA | None:
     """The training loop (notebook 04): each step sets the schedule's lrs, (shrinks the images), runs
     the forward pass and the loss, the backward pass, the optimisers' step and the averaging. Only
     the steps are timed; each epoch then evaluates the test set (when due) and adds a row to the
     history. Returns the EMA (None if off).
 
     `forward(x, y) -> (loss, logits)` runs `net` (or its compiled self) and adds to `log.totals`;
-    `model` evaluates: `evaluate_epoch(model, ema) -> scores` (`evaluate.epoch_scores` on the test loader).
+    `model` evaluates: `evaluate_epoch(model, ema) -> scores` (`evaluate.epoch_scores` on the test loader);
+    `schedule` and `make_ema` are the learner's (default: the config's schedule, `optim.EMA`).
     """
     ema, step = None, 0
     with stops_cleanly(cfg, timer, log):
@@ -179,7 +189,7 @@ def train_loop(cfg: TrainConfig, plan: Plan, net: nn.Module, forward: Callable, 
                         break
                     if step == plan.whiten:   # the whitening bias has learned its part: no gradient from here on
                         stop_gradient(whitening_bias(optimizers))
-                    lr = set_lrs(optimizers, cfg, step, plan.total, plan.whiten)
+                    lr = set_lrs(optimizers, cfg, step, plan.total, plan.whiten, schedule)
                     if step < plan.low_res:
                         x = shrink(x, cfg.low_res)
                     loss, logits = forward(x, y)
@@ -191,7 +201,7 @@ def train_loop(cfg: TrainConfig, plan: Plan, net: nn.Module, forward: Callable, 
                     step += 1
                     if cfg.ema_decay > 0 and step > plan.ema_start and step % cfg.ema_every == 0:
                         if ema is None:
-                            ema = EMA(net, cfg.ema_decay)   # a copy of the weights at this step
+                            ema = make_ema(net, cfg.ema_decay)   # a copy of the weights at this step
                         else:
                             ema.update(net)
                 timer.stop()
@@ -202,7 +212,9 @@ def train_loop(cfg: TrainConfig, plan: Plan, net: nn.Module, forward: Callable, 
 
 def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = None,
           verbose: bool = True, *, loss_fn: LossFn | None = None,
-          make_optimizers: OptimizerFactory | None = None) -> TrainResult:
+          make_optimizers: OptimizerFactory | None = None, lr_schedule: Schedule | None = None,
+          make_ema: EMAFactory | None = None, flip_masks: Callable | None = None,
+          tta_logits: Callable | None = None, whiten_init: Callable | None = None) -> TrainResult:
     """Train once. `data` is a Cifar10 tuple or a source for `load_cifar10` (None: HLB_DATA).
 
     The learner's own pieces replace ours (notebooks 03 and 04 train with theirs):
@@ -211,7 +223,14 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
     - `loss_fn(logits, labels)`: the loss summed over the batch (default: `smoothed_cross_entropy`
       with the config's label smoothing);
     - `make_optimizers(net, cfg)`: an optimiser or a list of them (default: `optim.make_optimizers`).
-      The schedule scales each group's lr from its `initial_lr`, which defaults to the group's lr.
+      The schedule scales each group's lr from its `initial_lr`, which defaults to the group's lr;
+    - `lr_schedule(step, total_steps)`: the lr multiplier at each step (default: `optim.lr_multiplier`);
+    - `make_ema(net, decay)`: the weight average (default: `optim.EMA`);
+    - `flip_masks(n, epochs, generator)`: which training images to mirror, one mask per epoch (default:
+      the loader's `cfg.flip`);
+    - `tta_logits(net, x, mode)`: the final evaluation's views (default: `evaluate.tta_logits`);
+    - `whiten_init(net, images)`: sets the whitening filters from normalised training images (default:
+      `model.init_whitening`).
     """
     wall_start = time.perf_counter()
     cfg = cfg or get_profile()
@@ -228,13 +247,13 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
         # Shapes stay fixed, so cuDNN may time its algorithms once and keep the fastest (as the anchors do).
         torch.backends.cudnn.benchmark = True
 
-    train_loader, test_loader = make_loaders(cfg, data, device, dtype, channels_last)
+    train_loader, test_loader = make_loaders(cfg, data, device, dtype, channels_last, flip_masks=flip_masks)
     plan = plan_steps(cfg, len(train_loader))
     net = _place(model if model is not None else make_net(cfg, len(data.classes)), cfg, device, dtype, channels_last)
     totals = None   # the epoch's running loss and correct count (history.EpochLog): the net's own if it has one
     if model is None and reuses_nets(device):
         net, totals = _one_net_per_shape(net)   # the same tensors every run: compiled code and CUDA graphs stay valid
-    init_seconds = _init_whitening(net, cfg, train_loader)
+    init_seconds = _init_whitening(net, cfg, train_loader, whiten_init or init_whitening)
     # ours runs Newton-Schulz in the run's precision
     optimizers = _optimizers(make_optimizers or partial(optim_mod.make_optimizers, dtype=dtype), net, cfg, plan)
     loss_fn = loss_fn or partial(smoothed_cross_entropy, smoothing=cfg.label_smoothing, reduction="sum")
@@ -242,7 +261,7 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
     run = compiling.prepare(net, partial(forward_loss, loss_fn=loss_fn, autocast=autocast), optimizers,
                             partial(_first_batches, train_loader, cfg, plan), device=device, enabled=cfg.compile,
                             mode=cfg.compile_mode, scope=cfg.compile_scope, autocast=autocast,
-                            evaluate=partial(_evaluations, test_loader, cfg, autocast),
+                            evaluate=partial(_evaluations, test_loader, cfg, autocast, tta_logits),
                             stopping=whitening_bias(optimizers), totals=log.totals,
                             evaluate_before_stop=plan.whiten >= min(plan.steps_per_epoch, plan.total))
     if verbose and run.note != "off":
@@ -250,14 +269,14 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
     evaluate_epoch = partial(epoch_scores, loader=test_loader, autocast_dtype=autocast)
     try:
         ema = train_loop(cfg, plan, net, run.forward, run.model, optimizers, train_loader, log.timer, log,
-                         evaluate_epoch)
+                         evaluate_epoch, schedule=lr_schedule, make_ema=make_ema or EMA)
         acc = math.nan
         tta_start = time.perf_counter()
         if not log.interrupted or log.history:
             # Ctrl-C here keeps the finished epochs' history
             with region("hlb:evaluate"), stops_cleanly(cfg, log.timer, log):
                 acc = evaluate(ema.model if ema is not None else run.model, test_loader, tta=cfg.tta,
-                               autocast_dtype=autocast)["acc"]
+                               autocast_dtype=autocast, logits_fn=tta_logits)["acc"]
             log.final(acc)
         tta_seconds = time.perf_counter() - tta_start
     finally:
@@ -320,13 +339,13 @@ def _cpu_copy(net: nn.Module) -> dict:
     return {name: t.detach().to("cpu", copy=True) for name, t in net.state_dict().items()}
 
 
-def _init_whitening(net: nn.Module, cfg: TrainConfig, loader: DeviceLoader) -> float:
+def _init_whitening(net: nn.Module, cfg: TrainConfig, loader: DeviceLoader, init: Callable) -> float:
     """Fit the whitening filters to a seeded random sample of training images; returns the seconds."""
     start = time.perf_counter()
     if hasattr(net, "whiten"):
         # a seeded random sample: folder sources store the images class by class
         pick = data_mod.shuffled_indices(len(loader.images), cfg.whiten_images, cfg.seed)
-        init_whitening(net, loader.images[pick.to(loader.images.device)])
+        init(net, loader.images[pick.to(loader.images.device)])
     return time.perf_counter() - start
 
 
@@ -342,10 +361,11 @@ def _optimizers(factory: OptimizerFactory, net: nn.Module, cfg: TrainConfig, pla
     return optimizers
 
 
-def _evaluations(test_loader: DeviceLoader, cfg: TrainConfig, autocast, model: Callable) -> None:
+def _evaluations(test_loader: DeviceLoader, cfg: TrainConfig, autocast, logits_fn: Callable | None,
+                 model: Callable) -> None:
     """The run's evaluations on `model`, for the warm-up: the final one (with the config's TTA) runs the
     network at every size the per-epoch ones do, and at the TTA's own sizes."""
-    evaluate(model, test_loader, tta=cfg.tta, autocast_dtype=autocast)
+    evaluate(model, test_loader, tta=cfg.tta, autocast_dtype=autocast, logits_fn=logits_fn)
 
 
 def _first_batches(loader: DeviceLoader, cfg: TrainConfig, plan: Plan) -> list:

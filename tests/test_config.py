@@ -184,3 +184,14 @@ def test_every_profile_makes_the_optimisers_it_made_before(profile):
         assert math.isclose(group["initial_lr"], lr, rel_tol=1e-12)
         if not isinstance(opt, O.Muon):
             assert math.isclose(group["weight_decay"] * group["lr"], expected["decay"], rel_tol=1e-12)
+
+
+def test_low_res_epochs_must_leave_full_size_epochs():
+    # Halving `epochs` alone must not silently train the whole run at low resolution (issue 21).
+    with pytest.raises(ValueError, match=r"low_res_epochs=7 is more than epochs=5: the whole run would train at 24 px; "
+                                         r"change both, e\.g\. \.replace\(epochs=5, low_res_epochs=3\.5\)"):
+        C.get_profile("cpu", epochs=5)
+    half = C.get_profile("cpu")
+    half = half.replace(epochs=half.epochs / 2, low_res_epochs=half.low_res_epochs / 2)
+    assert (half.epochs, half.low_res_epochs) == (5, 3.5)
+    assert C.get_profile("cpu", epochs=5, low_res=0).epochs == 5   # no resizing: nothing to refuse

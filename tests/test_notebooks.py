@@ -351,6 +351,234 @@ CONFIG_CHANGES = {
 }
 
 
+# ---- "Try this": each suggestion is a fenced block the tests apply (convention: DEVELOPERS.md) -----
+
+TRY_BLOCK = re.compile(r"^[ \t]*```python\n(?P<body>(?:.*\n)*?)[ \t]*```", re.M)
+
+
+class Suggestion(NamedTuple):
+    """One "Try this" change: the code cell that holds the line `cell`, the expression `watch` whose
+    value the change must move, and its edits: (old, new) replaces old; (line, None) appends line."""
+    cell: str
+    watch: str
+    edits: tuple[tuple[str, str | None], ...]
+
+
+def suggestions(nb) -> list[Suggestion]:
+    """The fenced blocks of the notebook's "Try this" section, parsed."""
+    section = next(c.source for c in nb.cells if c.cell_type == "markdown" and "## Try this" in c.source)
+    section = section[section.index("## Try this"):section.index("## Summary")]
+    found = []
+    for block in TRY_BLOCK.finditer(section):
+        lines = [line.strip() for line in block["body"].splitlines() if line.strip()]
+        assert lines[0].startswith("# in cell: ") and lines[1].startswith("# watch: "), block["body"]
+        edits = []
+        for line in lines[2:]:
+            if line.startswith("+ "):
+                edits.append((line[2:], None))
+            else:
+                assert " -> " in line, f"neither `old -> new` nor `+ line`: {line!r}"
+                edits.append(tuple(line.split(" -> ", 1)))
+        found.append(Suggestion(lines[0][len("# in cell: "):], lines[1][len("# watch: "):], tuple(edits)))
+    return found
+
+
+def target_cell(nb, suggestion: Suggestion) -> int:
+    hits = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and suggestion.cell in c.source]
+    assert len(hits) == 1, f"`# in cell: {suggestion.cell}` names {len(hits)} code cells, not one"
+    return hits[0]
+
+
+def apply(source: str, suggestion: Suggestion) -> str:
+    for old, new in suggestion.edits:
+        if new is None:
+            source = source.rstrip("\n") + "\n" + old
+        else:
+            assert source.count(old) == 1, f"`{old}` is not in the cell exactly once"
+            source = source.replace(old, new)
+    return source
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
+def test_try_this_suggestions_name_their_cell_and_apply(path):
+    # Static (no data): every notebook suggests at least one change, and each one applies as written.
+    nb = _read(path)
+    found = suggestions(nb)
+    assert found, f"{path.name}: no runnable suggestion under Try this"
+    for s in found:
+        cell = nb.cells[target_cell(nb, s)]
+        compile(apply(cell.source, s), "cell", "exec")
+        compile(s.watch, "watch", "eval")
+
+
+EXERCISE_BLOCK = re.compile(r"^[ \t]*```python\n(?P<body>(?:.*\n)*?)[ \t]*```", re.M)
+
+
+def exercises(nb) -> list[str]:
+    """The code of each exercise: the fenced blocks of the notebook's "## Exercises" cell, dedented."""
+    import textwrap
+
+    cells = [c.source for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("## Exercises")]
+    return [textwrap.dedent(m["body"]) for text in cells for m in EXERCISE_BLOCK.finditer(text)]
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
+def test_exercises_ask_first_and_answer_in_a_fold(path):
+    nb = _read(path)
+    if path.stem == "00_quickstart":
+        assert not exercises(nb)
+        return
+    last = nb.cells[-1]
+    assert last.cell_type == "markdown" and last.source.startswith("## Exercises"), (
+        f"{path.name} must end with exercises")
+    numbered = re.findall(r"^(\d+)\. ", last.source, re.M)
+    codes = exercises(nb)
+    assert 2 <= len(numbered) <= 4 and numbered == [str(k + 1) for k in range(len(numbered))]
+    assert len(codes) == len(numbered) and last.source.count("<details><summary>Answer</summary>") == len(numbered)
+    assert last.source.count("</details>") == len(numbered) and "quick profile" in last.source
+    for code in codes:
+        compile(code, "exercise", "exec")
+
+
+def _run_the_exercises(client, nb, name: str) -> None:
+    """Each exercise's code, run after the notebook's first pass as a learner would paste it."""
+    for code in exercises(nb):
+        cell = nbformat.v4.new_code_cell(code)
+        nb.cells.append(cell)
+        try:
+            client.execute_cell(cell, len(nb.cells) - 1)
+        except CellExecutionError as err:
+            pytest.fail(f"{name}: an exercise failed:\n{err}")
+        finally:
+            nb.cells.pop()
+
+
+def _set_strict(client, nb, on: bool) -> None:
+    """A learner's change makes a sketch differ from the library on purpose: the checks report it only."""
+    cell = nbformat.v4.new_code_cell(f"import os\nos.environ['HLB_STRICT_CHECKS'] = {'1' if on else '0'!r}")
+    nb.cells.append(cell)
+    client.execute_cell(cell, len(nb.cells) - 1)
+    nb.cells.pop()
+
+
+def _watch(client, nb, expr: str) -> str:
+    return _probe(client, nb, _json(f"repr({expr})"))
+
+
+def _try_the_suggestions(client, nb, code: list[int], name: str) -> None:
+    """Apply every "Try this" change at once (one pass, for the test's time), run from the first changed
+    cell to the end; each watched value must differ from the first pass's. The cells are put back."""
+    found = suggestions(nb)
+    first = [_watch(client, nb, s.watch) for s in found]
+    targets = [target_cell(nb, s) for s in found]   # found before any change: one may edit another's line
+    originals = {i: nb.cells[i].source for i in targets}
+    for s, i in zip(found, targets):
+        nb.cells[i].source = apply(nb.cells[i].source, s)
+    try:
+        for j in code[code.index(min(originals)):]:
+            client.execute_cell(nb.cells[j], j)
+    except CellExecutionError as err:
+        pytest.fail(f"{name}: after the Try-this changes {[s.edits for s in found]}:\n{err}")
+    for s, before in zip(found, first):
+        assert _watch(client, nb, s.watch) != before, (
+            f"{name}: the Try-this change {s.edits} left `{s.watch}` as it was")
+    for i, source in originals.items():
+        nb.cells[i].source = source
+
+
+# Each sketch's output scaled by 1.001 (a learner's small change): the notebook must still run to its end.
+SCALE_HELPERS = """import functools as _functools
+import torch as _torch
+
+
+def _hlb_scaled(value):
+    if isinstance(value, _torch.nn.Parameter) or isinstance(value, bool):
+        return value
+    if isinstance(value, _torch.Tensor):
+        return value * 1.001 if value.is_floating_point() or value.dtype == _torch.uint8 else value
+    if isinstance(value, float):
+        return value * 1.001
+    if isinstance(value, (list, tuple)):
+        return type(value)(_hlb_scaled(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _hlb_scaled(v) for k, v in value.items()}
+    return value
+
+
+def _hlb_wrap(fn):
+    @_functools.wraps(fn)
+    def scaled(*args, **kwargs):
+        return _hlb_scaled(fn(*args, **kwargs))
+    return scaled
+
+
+def _hlb_wrap_class(cls):
+    if issubclass(cls, _torch.nn.Module):
+        cls.forward = _hlb_wrap(cls.forward)
+    for method in ("update", "step"):   # a weight average, an optimiser: what they hold, scaled
+        if hasattr(cls, method):
+            def after(self, *args, _call=getattr(cls, method), **kwargs):
+                out = _call(self, *args, **kwargs)
+                with _torch.no_grad():
+                    held = (self.model.state_dict().values() if hasattr(self, "model")
+                            else [p for g in self.param_groups for p in g["params"]])
+                    for t in held:
+                        if t.is_floating_point():
+                            t.mul_(1.001)
+                return out
+            setattr(cls, method, after)
+    return cls"""
+SKETCH = re.compile(r"^(def (my_\w+)|class (My\w+))\(", re.M)
+
+
+def _scale_the_sketches(source: str) -> str:
+    """The cell with a line after each top-level sketch (def my_..., class My...) that scales its output."""
+    import ast
+
+    lines = source.split("\n")
+    for node in sorted(ast.parse(source).body, key=lambda n: -n.lineno):
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("my_"):
+            lines.insert(node.end_lineno, f"{node.name} = _hlb_wrap({node.name})")
+        elif isinstance(node, ast.ClassDef) and node.name.startswith("My"):
+            lines.insert(node.end_lineno, f"{node.name} = _hlb_wrap_class({node.name})")
+    return "\n".join(lines)
+
+
+def _scale_every_sketch(client, nb, code: list[int]) -> int:
+    """Put the 1.001 wrappers into every sketch cell; returns how many cells hold sketches."""
+    cell = nbformat.v4.new_code_cell(SCALE_HELPERS)
+    nb.cells.append(cell)
+    client.execute_cell(cell, len(nb.cells) - 1)
+    nb.cells.pop()
+    cells = [i for i in code if SKETCH.search(nb.cells[i].source)]
+    for i in cells:
+        nb.cells[i].source = _scale_the_sketches(nb.cells[i].source)
+    return len(cells)
+
+
+def test_every_sketch_is_used_by_a_later_cell_other_than_its_check():
+    # What a learner writes is what trains, evaluates or draws (issue 21): each sketch is named by a code
+    # cell, its own or a later one, that does not check anything against the library.
+    for path in PATHS:
+        cells = [c.source for c in _read(path).cells if c.cell_type == "code"]
+        for k, source in enumerate(cells):
+            for m in SKETCH.finditer(source):
+                name = m.group(2) or m.group(3)
+                users = [s for s in cells[k:] if "hu.check.agrees" not in s
+                         and re.search(rf"\b{name}\b", s.replace(m.group(0), ""))]
+                assert users, f"{path.name}: {name} is checked, but no other cell uses it"
+
+
+def test_scaling_wrappers_follow_each_sketch():
+    source = "import torch\n\n\ndef my_f(x):\n    return x\n\n\nclass MyG:\n    pass\n\n\ny = my_f(2.0)"
+    scaled = _scale_the_sketches(source)
+    assert "def my_f(x):\n    return x\nmy_f = _hlb_wrap(my_f)" in scaled
+    assert "class MyG:\n    pass\nMyG = _hlb_wrap_class(MyG)" in scaled and scaled.endswith("y = my_f(2.0)")
+    scope: dict = {}
+    exec(SCALE_HELPERS + "\n" + scaled, scope)
+    assert scope["y"] == 2.0 * 1.001
+
+
 def _check_first_pass(path: Path, nb, run_dir: Path, replica: Path) -> None:
     for cell in _code_cells(nb):
         errors = [o for o in cell.outputs if o.get("output_type") == "error"]
@@ -398,6 +626,11 @@ def test_notebook_runs_then_follows_a_changed_config(path, replica, tmp_path, mo
             _rerun_from_the_middle(client, nb, code)
         marked = {m: next(i for i in code if i > config and m in nb.cells[i].source) for m in change.changed}
         before = {m: _shown(nb.cells[i]) for m, i in marked.items()}
+        _run_the_exercises(client, nb, path.name)
+        # the learner's changes: each "Try this" suggestion, then (below) every sketch scaled by 1.001
+        _set_strict(client, nb, False)
+        _try_the_suggestions(client, nb, code, path.name)
+        sketches = _scale_every_sketch(client, nb, code)
         nb.cells[config].source = change.edit(nb.cells[config].source)
         client.execute_cell(nb.cells[config], config)
         if path.stem == "07_playground":
@@ -406,6 +639,8 @@ def test_notebook_runs_then_follows_a_changed_config(path, replica, tmp_path, mo
         for i in code[code.index(config) + 1:]:
             client.execute_cell(nb.cells[i], i)
         state = _probe(client, nb, change.probe)
+    differ = sum("they differ" in t for i in code for t in _texts(nb.cells[i]))
+    assert differ >= min(sketches, 1), f"{path.name}: no check reported the scaled sketches"
     stale = [m for m, i in marked.items() if _shown(nb.cells[i]) == before[m]]
     assert not stale, f"{path.name}: these cells still show the old config's output: {stale}"
     change.check(state)

@@ -401,3 +401,55 @@ def test_sweep_trains_each_value_with_its_seeds(synthetic):
     for value, result in zip([100, 200], swept.values()):
         assert [r.config.batch_size for r in result.results] == [value, value]
         assert list(result.table["seed"]) == [0, 1] and list(result.table["status"]) == ["finished"] * 2
+
+
+def test_learners_schedule_average_flips_views_and_whitening_are_the_ones_used(synthetic):
+    # Each of train()'s learner hooks (notebooks 03 and 04) is called, and changes the run when it differs.
+    from hlb_utils.model import init_whitening
+
+    seen = {"schedule": 0, "ema": 0, "flips": 0, "views": 0, "whiten": 0}
+
+    def constant(step, total):
+        seen["schedule"] += 1
+        return 0.5
+
+    def make_ema(net, decay):
+        seen["ema"] += 1
+        return optim.EMA(net, decay)
+
+    def flips(n, epochs, generator):   # every image mirrored in every epoch
+        seen["flips"] += 1
+        return [torch.ones(n, dtype=torch.bool)] * epochs
+
+    def views(net, x, mode):
+        seen["views"] += 1
+        return evaluate.tta_logits(net, x, mode)
+
+    def whiten(net, images):
+        seen["whiten"] += 1
+        init_whitening(net, images)
+
+    cfg = tiny_cfg(ema_decay=0.5, ema_every=1, ema_epochs=1.0, seed=5)
+    ours = train.train(cfg, synthetic, verbose=False)
+    theirs = train.train(cfg, synthetic, verbose=False, lr_schedule=constant, make_ema=make_ema,
+                         flip_masks=flips, tta_logits=views, whiten_init=whiten)
+    steps = cfg.steps_per_epoch(len(synthetic.train_labels)) * cfg.epochs
+    assert seen["schedule"] == steps and seen["ema"] == 1 and seen["flips"] == cfg.epochs
+    assert seen["views"] >= 1 and seen["whiten"] == 1
+    assert list(theirs.history["lr"]) == [0.5] * cfg.epochs
+    assert not theirs.history["train_loss"].equals(ours.history["train_loss"])
+
+
+def test_learners_parameter_groups_reach_the_optimisers():
+    from hlb_utils.model import make_net
+
+    net = make_net(tiny_cfg())
+
+    def no_head(net):   # the classifier left out of every group: it must then not be optimised
+        parts = optim.split_params(net)
+        parts["head"] = []
+        return parts
+
+    optimised = {id(p) for opt in optim.make_optimizers(net, tiny_cfg(), split=no_head)
+                 for group in opt.param_groups for p in group["params"]}
+    assert id(net.head.weight) not in optimised and id(net.whiten.bias) in optimised
