@@ -99,6 +99,18 @@ def counting_compile(fn=None, **options):
     return call
 
 
+def mark_step(marks: list, rescaled: list, one_step: Counter, rescaling: bool) -> None:
+    """At the start of a step: the running op count, whether the step before rescaled, and (between the
+    5th and 6th marks) the ops of one ordinary step by name."""
+    rescaled.append(rescaling)
+    marks.append(COUNTER.total())
+    if len(marks) == 5:
+        one_step.clear()
+        one_step.update(COUNTER.ops)
+    if len(marks) == 6:
+        one_step.subtract(COUNTER.ops)
+
+
 def per_step(marks: list, rescaled: list, first: int, last_of_epoch: set) -> dict:
     """The median count of ordinary and rescaling steps from the counter's running totals at each step."""
     kinds = {"ordinary": [], "rescaling": []}
@@ -158,13 +170,7 @@ def count_ours(widths: tuple) -> tuple[dict, Counter]:
             COUNTER.on = was
             if was:
                 muon = made[-1]
-                rescaled.append(bool(marks) and muon.last_renorm == muon.steps_done)
-                marks.append(COUNTER.total())
-                if len(marks) == 5:
-                    one_step.clear()
-                    one_step.update(COUNTER.ops)
-                if len(marks) == 6:
-                    one_step.subtract(COUNTER.ops)
+                mark_step(marks, rescaled, one_step, bool(marks) and muon.last_renorm == muon.steps_done)
             yield batch
 
     def log_step(self, *args):
@@ -237,13 +243,7 @@ def count_hiverge(path: Path) -> tuple[dict, Counter]:
                         marks.append(COUNTER.total())
                         raise _Stop
                     muon = made[-1]
-                    rescaled.append(bool(marks) and muon.last_norm_step == muon.step_count)
-                    marks.append(COUNTER.total())
-                    if len(marks) == 5:
-                        one_step.clear()
-                        one_step.update(COUNTER.ops)
-                    if len(marks) == 6:
-                        one_step.subtract(COUNTER.ops)
+                    mark_step(marks, rescaled, one_step, bool(marks) and muon.last_norm_step == muon.step_count)
                     COUNTER.on = True   # from the first step on; off while the next batch is cut
                     batch = (self.images[i * BATCH:(i + 1) * BATCH], self.labels[i * BATCH:(i + 1) * BATCH])
                     yield batch
