@@ -11,6 +11,8 @@ import json
 import math
 import sys
 import types
+from collections.abc import Callable
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -91,11 +93,21 @@ def spy_on_optimizers(monkeypatch) -> list:
     return made
 
 
-def spy_on_autocast(monkeypatch) -> list:
-    """Record the dtype of every torch.autocast that is entered."""
-    seen, real = [], torch.autocast
-    monkeypatch.setattr(torch, "autocast", lambda *a, **k: seen.append(k.get("dtype")) or real(*a, **k))
-    return seen
+@contextmanager
+def autocast_seen(device: str = "cpu"):
+    """Yield the autocast dtype of every module's forward pass while open (none when autocast is off):
+    torch's global forward pre-hook reads the autocast state each pass runs under."""
+    seen = []
+
+    def record(module, args):
+        if torch.is_autocast_enabled(device):
+            seen.append(torch.get_autocast_dtype(device))
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        yield seen
+    finally:
+        handle.remove()
 
 
 def floating_dtypes(net) -> set:
@@ -111,10 +123,11 @@ def test_half_weights_hold_the_net_and_the_momentum_in_the_compute_precision(syn
     # precision, the optimisers' momentum too, no autocast; 'auto' is then fp16 on every GPU. One step
     # of 32 images at 16 px: the CPU's fp16 convolutions train only through a slow reference kernel.
     resolve_precision_as_on(monkeypatch, gpu)
-    made, casts, ns = spy_on_optimizers(monkeypatch), spy_on_autocast(monkeypatch), spy_on_newton_schulz(monkeypatch)
+    made, ns = spy_on_optimizers(monkeypatch), spy_on_newton_schulz(monkeypatch)
     cfg = tiny_cfg(dtype=setting, weights=weights, batch_size=32, train_subset=32, test_subset=64, epochs=1,
                    low_res=16, low_res_epochs=1, whiten_images=32)
-    result = train.train(cfg, synthetic, verbose=False)
+    with autocast_seen() as casts:
+        result = train.train(cfg, synthetic, verbose=False)
     assert result.precision == dev.dtype_name(computed) and set(ns) == {computed}
     assert floating_dtypes(result.model) == {held}
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in result.model.modules())
@@ -317,11 +330,27 @@ def test_the_recompile_limit_is_raised_under_either_name_and_never_lowered():
 
 
 def counting_backend(graphs: list):
-    """A torch.compile backend that keeps each graph it is given and runs it as traced."""
+    """A torch.compile backend that keeps each graph it is given and runs it as traced; each build is
+    a profiler range, "test:graph_built", for `during_timed_epochs`."""
     def backend(graph_module, example_inputs):
-        graphs.append(graph_module)
+        with torch.profiler.record_function("test:graph_built"):
+            graphs.append(graph_module)
         return graph_module.forward
     return backend
+
+
+def profiled(run: Callable):
+    """`run()`'s result and the profiler's events: the loop marks each timed epoch "hlb:train_epoch"."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        result = run()
+    return result, prof.events()
+
+
+def during_timed_epochs(events, name: str) -> list[int]:
+    """How many `name` ranges began inside each timed epoch ("hlb:train_epoch"), in order."""
+    epochs = sorted((e.time_range.start, e.time_range.end) for e in events if e.name == "hlb:train_epoch")
+    starts = [e.time_range.start for e in events if e.name == name]
+    return [sum(begin <= t <= end for t in starts) for begin, end in epochs]
 
 
 def computes(graph, op) -> bool:
@@ -333,26 +362,15 @@ def test_step_scope_compiles_forward_and_loss_as_one_graph_per_image_size(synthe
     # sizes (progressive resizing), each with and without the whitening bias's gradient: four graphs,
     # all built in the warm-up, recompiled without giving up.
     torch._dynamo.reset()   # graphs cached by earlier tests would not reach the backend
-    graphs, timed = [], []
+    graphs = []
     eager_backend_compile(monkeypatch, backend=counting_backend(graphs))
-
-    class WatchedTimer(dev.Timer):   # graphs built while the clock runs
-        def start(self):
-            self.before = len(graphs)
-            super().start()
-
-        def stop(self):
-            timed.append(len(graphs) - self.before)
-            return super().stop()
-
-    monkeypatch.setattr(train, "Timer", WatchedTimer)
     cfg = tiny_cfg(compile=True, compile_scope="step", epochs=1, low_res=16, low_res_epochs=0.5,
                    whiten_bias_epochs=0.25, train_subset=400, test_subset=200, seed=12)
     gave_up = comp.dynamo_gave_up()
-    result = train.train(cfg, synthetic, verbose=False)
+    result, events = profiled(lambda: train.train(cfg, synthetic, verbose=False))
     assert result.compile_note == "compiled (eager backend), forward+loss as one graph"
     assert comp.dynamo_gave_up() == gave_up
-    assert timed == [0]
+    assert during_timed_epochs(events, "test:graph_built") == [0]   # graphs built while the clock runs
     steps = [g for g in graphs if computes(g, torch.nn.functional.cross_entropy)]
     assert len(steps) == 4 and all(computes(g, torch.conv2d) for g in steps)
     inputs = [node.meta.get("example_value") for g in steps for node in g.graph.nodes if node.op == "placeholder"]
@@ -491,35 +509,30 @@ def test_a_series_trains_one_net_in_place_warms_every_graph_and_compiles_nothing
     # WARM_CALLS times before the clock first starts (with CUDA graphs the 1st call runs eager and the
     # 2nd records), and nothing compiles after that, final evaluation included, nor in a later run.
     torch._dynamo.reset()
-    graphs, calls = [], []
+    graphs = []
 
     def backend(graph_module, example_inputs):
         index = len(graphs)
-        graphs.append(graph_module)
-        calls.append(0)
+        with torch.profiler.record_function("test:graph_built"):
+            graphs.append(graph_module)
 
         def run(*args):
-            calls[index] += 1
-            return graph_module.forward(*args)
+            with torch.profiler.record_function(f"test:graph_call {index}"):
+                return graph_module.forward(*args)
         return run
 
     eager_backend_compile(monkeypatch, backend=backend)
     monkeypatch.setattr(comp, "needs_warm_up", lambda device: True)
     monkeypatch.setattr(train, "reuses_nets", lambda device: True)
     monkeypatch.setattr(train, "_NETS", {})
-    at_first_start = []
-
-    class WatchedTimer(dev.Timer):
-        def start(self):
-            if not at_first_start:
-                at_first_start.append((len(graphs), list(calls)))
-            super().start()
-
-    monkeypatch.setattr(train, "Timer", WatchedTimer)
     cfg = tiny_cfg(compile=True, compile_scope="step", epochs=2, whiten_bias_epochs=0.25, train_subset=400,
                    test_subset=300, tta="selective", renorm_every=2)
-    first = train.train(cfg.replace(seed=1), synthetic, verbose=False)
-    built, warm_calls = at_first_start[0]
+    first, events = profiled(lambda: train.train(cfg.replace(seed=1), synthetic, verbose=False))
+    # before the clock first starts (the first "hlb:train_epoch" range): graphs built, and each one's calls
+    clock = min(e.time_range.start for e in events if e.name == "hlb:train_epoch")
+    before = [e.name for e in events if e.time_range.start < clock]
+    built = before.count("test:graph_built")
+    warm_calls = [before.count(f"test:graph_call {i}") for i in range(len(graphs))]
     assert built == len(graphs) > 0 and min(warm_calls) >= 3
     storage = [p.data_ptr() for p in first.model.parameters()]
     weights_after_first = {k: v.clone() for k, v in first.model.state_dict().items()}
