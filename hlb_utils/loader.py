@@ -99,10 +99,8 @@ def _apply_crops(x_padded: torch.Tensor, size: int, plan: tuple) -> torch.Tensor
     """crop_at's device half: only kernels, no copy from the host."""
     groups, sources, inverse = plan
     # the crops keep the store's memory format, so a channels_last store needs no conversion per epoch
-    layout = torch.channels_last if x_padded.dim() == 4 and not x_padded.is_contiguous() \
-        and x_padded.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
     out = torch.empty((len(sources), x_padded.shape[1], size, size), dtype=x_padded.dtype, device=x_padded.device,
-                      memory_format=layout)
+                      memory_format=memory_format_of(x_padded))
     start = 0
     for (y, x), mirrored, count in groups:
         view = x_padded[:, :, y:y + size, x:x + size]
