@@ -214,7 +214,8 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
           verbose: bool = True, *, loss_fn: LossFn | None = None,
           make_optimizers: OptimizerFactory | None = None, lr_schedule: Schedule | None = None,
           make_ema: EMAFactory | None = None, flip_masks: Callable | None = None,
-          tta_logits: Callable | None = None, whiten_init: Callable | None = None) -> TrainResult:
+          tta_logits: Callable | None = None, whiten_init: Callable | None = None,
+          dtype: torch.dtype | None = None, reuse_net: bool | None = None) -> TrainResult:
     """Train once. `data` is a Cifar10 tuple or a source for `load_cifar10` (None: HLB_DATA).
 
     The learner's own pieces replace ours (notebooks 03 and 04 train with theirs):
@@ -231,13 +232,19 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
     - `tta_logits(net, x, mode)`: the final evaluation's views (default: `evaluate.tta_logits`);
     - `whiten_init(net, images)`: sets the whitening filters from normalised training images (default:
       `model.init_whitening`).
+
+    Two choices the device normally makes, for trying one machine's path on another:
+    - `dtype`: the compute precision (default: `device.pick_dtype` for the config's `dtype` and
+      `weights` on this device), e.g. what `pick_dtype` gives a GPU, on the CPU;
+    - `reuse_net`: keep one net per shape in this process and re-initialise it each run (default:
+      `reuses_nets(device)`, on CUDA only; `forget_nets()` empties the store).
     """
     wall_start = time.perf_counter()
     cfg = cfg or get_profile()
     if data is None or isinstance(data, (str, bytes)) or hasattr(data, "__fspath__"):
         data = data_mod.load_cifar10(data)
     device = pick_device(cfg.device)
-    dtype = pick_dtype(device, cfg.dtype, cfg.weights)
+    dtype = dtype or pick_dtype(device, cfg.dtype, cfg.weights)
     # fp32 weights compute under autocast; a net held in half precision (weights="half") needs none
     autocast = dtype if dtype != torch.float32 and cfg.weights == "fp32" else None
     channels_last = use_channels_last(device, cfg.channels_last)
@@ -251,7 +258,7 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
     plan = plan_steps(cfg, len(train_loader))
     net = _place(model if model is not None else make_net(cfg, len(data.classes)), cfg, device, dtype, channels_last)
     totals = None   # the epoch's running loss and correct count (history.EpochLog): the net's own if it has one
-    if model is None and reuses_nets(device):
+    if model is None and (reuses_nets(device) if reuse_net is None else reuse_net):
         net, totals = _one_net_per_shape(net)   # the same tensors every run: compiled code and CUDA graphs stay valid
     init_seconds = _init_whitening(net, cfg, train_loader, whiten_init or init_whitening)
     # ours runs Newton-Schulz in the run's precision
@@ -312,6 +319,11 @@ def reuses_nets(device: torch.device) -> bool:
 
 # the process's nets, one per shape: key -> (net, the epoch's running totals its compiled step adds to)
 _NETS: dict = {}
+
+
+def forget_nets() -> None:
+    """Empty the process's store of nets (`reuse_net`): the next run of each shape starts a new one."""
+    _NETS.clear()
 
 
 def _key(net: nn.Module) -> tuple:

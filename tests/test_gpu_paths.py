@@ -73,11 +73,10 @@ def test_train_hands_its_precision_to_muon(synthetic, monkeypatch, setting, expe
     assert result.precision == setting and seen and set(seen) == {expected}
 
 
-def resolve_precision_as_on(monkeypatch, gpu: str) -> None:
-    """train() on the CPU with its precision chosen as on a simulated GPU; everything else runs on the CPU."""
+def precision_on(monkeypatch, gpu: str, cfg) -> torch.dtype:
+    """The compute precision `cfg` resolves to on a simulated GPU, for train(dtype=...) to run on the CPU."""
     simulate_gpu(monkeypatch, gpu)
-    monkeypatch.setattr(train, "pick_dtype", lambda device, name="auto", weights="fp32":
-                        dev.pick_dtype(torch.device("cuda"), name, weights))
+    return dev.pick_dtype(torch.device("cuda"), cfg.dtype, cfg.weights)
 
 
 def spy_on_optimizers(monkeypatch) -> list:
@@ -122,12 +121,11 @@ def test_half_weights_hold_the_net_and_the_momentum_in_the_compute_precision(syn
     # weights="half" (hiverge's record): parameters and BatchNorm's running statistics in the compute
     # precision, the optimisers' momentum too, no autocast; 'auto' is then fp16 on every GPU. One step
     # of 32 images at 16 px: the CPU's fp16 convolutions train only through a slow reference kernel.
-    resolve_precision_as_on(monkeypatch, gpu)
     made, ns = spy_on_optimizers(monkeypatch), spy_on_newton_schulz(monkeypatch)
     cfg = tiny_cfg(dtype=setting, weights=weights, batch_size=32, train_subset=32, test_subset=64, epochs=1,
                    low_res=16, low_res_epochs=1, whiten_images=32)
     with autocast_seen() as casts:
-        result = train.train(cfg, synthetic, verbose=False)
+        result = train.train(cfg, synthetic, verbose=False, dtype=precision_on(monkeypatch, gpu, cfg))
     assert result.precision == dev.dtype_name(computed) and set(ns) == {computed}
     assert floating_dtypes(result.model) == {held}
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in result.model.modules())
@@ -158,8 +156,7 @@ def test_the_record_learns_in_fp16_weights_as_in_fp32(cifar, monkeypatch):
     cfg = get_profile("record", device="cpu", compile=False, widths=(8, 16, 16), batch_size=100, epochs=2,
                       whiten_images=500, eval_every=1)
     fp32 = train.train(cfg.replace(weights="fp32"), images, verbose=False)
-    resolve_precision_as_on(monkeypatch, "A100")
-    fp16 = train.train(cfg, images, verbose=False)
+    fp16 = train.train(cfg, images, verbose=False, dtype=precision_on(monkeypatch, "A100", cfg))
     assert (fp32.precision, fp16.precision) == ("fp32", "fp16")
     assert floating_dtypes(fp16.model) == {torch.float16}
     first, last = fp16.history["train_loss"]
@@ -502,7 +499,8 @@ def test_run_records_name_a_fallback_to_eager_in_any_run(synthetic, tmp_path):
         [first.compile_note, second.compile_note]
 
 
-def test_a_series_trains_one_net_in_place_warms_every_graph_and_compiles_nothing_once_timed(synthetic, monkeypatch):
+def test_a_series_trains_one_net_in_place_warms_every_graph_and_compiles_nothing_once_timed(synthetic, monkeypatch,
+                                                                                              request):
     # On CUDA a series keeps one net per shape (CUDA graphs are bound to its tensors): re-initialised in
     # place, it trains as a new net would. Every compiled graph (training steps with and without the
     # whitening bias's gradient, Muon's update, the evaluations at their TTA sizes) is called at least
@@ -523,11 +521,11 @@ def test_a_series_trains_one_net_in_place_warms_every_graph_and_compiles_nothing
 
     eager_backend_compile(monkeypatch, backend=backend)
     monkeypatch.setattr(comp, "needs_warm_up", lambda device: True)
-    monkeypatch.setattr(train, "reuses_nets", lambda device: True)
-    monkeypatch.setattr(train, "_NETS", {})
+    train.forget_nets()
+    request.addfinalizer(train.forget_nets)
     cfg = tiny_cfg(compile=True, compile_scope="step", epochs=2, whiten_bias_epochs=0.25, train_subset=400,
                    test_subset=300, tta="selective", renorm_every=2)
-    first, events = profiled(lambda: train.train(cfg.replace(seed=1), synthetic, verbose=False))
+    first, events = profiled(lambda: train.train(cfg.replace(seed=1), synthetic, verbose=False, reuse_net=True))
     # before the clock first starts (the first "hlb:train_epoch" range): graphs built, and each one's calls
     clock = min(e.time_range.start for e in events if e.name == "hlb:train_epoch")
     before = [e.name for e in events if e.time_range.start < clock]
@@ -536,15 +534,14 @@ def test_a_series_trains_one_net_in_place_warms_every_graph_and_compiles_nothing
     assert built == len(graphs) > 0 and min(warm_calls) >= 3
     storage = [p.data_ptr() for p in first.model.parameters()]
     weights_after_first = {k: v.clone() for k, v in first.model.state_dict().items()}
-    second = train.train(cfg.replace(seed=2), synthetic, verbose=False)
+    second = train.train(cfg.replace(seed=2), synthetic, verbose=False, reuse_net=True)
     assert len(graphs) == built and second.model is first.model
     assert [p.data_ptr() for p in second.model.parameters()] == storage
     # run 1 keeps its own weights, on the CPU
     assert all(torch.equal(v, first.weights[k]) for k, v in weights_after_first.items())
     assert first.weights["head.weight"].device.type == "cpu"
     # re-initialised in place, the net trains as a new one does
-    monkeypatch.setattr(train, "reuses_nets", lambda device: False)
-    fresh = train.train(cfg.replace(seed=2), synthetic, verbose=False)
+    fresh = train.train(cfg.replace(seed=2), synthetic, verbose=False, reuse_net=False)
     assert fresh.model is not second.model and fresh.weights is None
     cols = ["train_loss", "train_acc", "test_loss", "test_acc"]
     assert fresh.history[cols].equals(second.history[cols]) and fresh.test_accuracy == second.test_accuracy
