@@ -37,17 +37,19 @@ def tiny_cfg(**changes):
     return get_profile("quick", **{**TINY, **changes})
 
 
-def spy_on_newton_schulz(monkeypatch) -> list:
-    """Record the dtype each Newton-Schulz call of Muon runs in."""
-    seen, real = [], optim._newton_schulz_batched
+class BatchedProducts(TorchDispatchMode):
+    """The dtype of every batched matrix product run while open: in a training step, Muon's
+    Newton-Schulz (on each stack of filter banks) is the only one."""
 
-    def recording(G, *args, **kwargs):
-        out = real(G, *args, **kwargs)
-        seen.append(out.dtype)
+    def __init__(self) -> None:
+        super().__init__()
+        self.dtypes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in (torch.ops.aten.bmm, torch.ops.aten.baddbmm):
+            self.dtypes.append(out.dtype)
         return out
-
-    monkeypatch.setattr(optim, "_newton_schulz_batched", recording)
-    return seen
 
 
 @pytest.mark.parametrize("gpu, setting, expected", [
@@ -58,19 +60,19 @@ def test_newton_schulz_runs_in_the_configs_precision(monkeypatch, gpu, setting, 
     simulate_gpu(monkeypatch, gpu)
     cfg = tiny_cfg(dtype=setting)
     dtype = dev.pick_dtype(torch.device("cuda"), cfg.dtype)
-    seen = spy_on_newton_schulz(monkeypatch)
     net = model.make_net(cfg)
     muon = optim.make_optimizers(net, cfg, dtype)[-1]
     net(torch.randn(4, 3, 32, 32)).square().sum().backward()
-    muon.step()
-    assert seen and set(seen) == {expected}
+    with BatchedProducts() as products:
+        muon.step()
+    assert products.dtypes and set(products.dtypes) == {expected}
 
 
 @pytest.mark.parametrize("setting, expected", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
-def test_train_hands_its_precision_to_muon(synthetic, monkeypatch, setting, expected):
-    seen = spy_on_newton_schulz(monkeypatch)
-    result = train.train(tiny_cfg(dtype=setting, epochs=1), synthetic, verbose=False)
-    assert result.precision == setting and seen and set(seen) == {expected}
+def test_train_hands_its_precision_to_muon(synthetic, setting, expected):
+    with BatchedProducts() as products:
+        result = train.train(tiny_cfg(dtype=setting, epochs=1), synthetic, verbose=False)
+    assert result.precision == setting and products.dtypes and set(products.dtypes) == {expected}
 
 
 def precision_on(monkeypatch, gpu: str, cfg) -> torch.dtype:
@@ -79,17 +81,13 @@ def precision_on(monkeypatch, gpu: str, cfg) -> torch.dtype:
     return dev.pick_dtype(torch.device("cuda"), cfg.dtype, cfg.weights)
 
 
-def spy_on_optimizers(monkeypatch) -> list:
-    """Keep the optimisers that train()'s default factory (optim.make_optimizers) makes."""
-    made, real = [], optim.make_optimizers
-
-    def recording(*args, **kwargs):
-        optimizers = real(*args, **kwargs)
+def recording_optimizers(made: list, dtype: torch.dtype):
+    """train()'s `make_optimizers`: the library's optimisers in `dtype`, kept in `made` to read their state."""
+    def make(net, cfg):
+        optimizers = optim.make_optimizers(net, cfg, dtype=dtype)
         made.extend(optimizers)
         return optimizers
-
-    monkeypatch.setattr(optim, "make_optimizers", recording)
-    return made
+    return make
 
 
 @contextmanager
@@ -121,12 +119,13 @@ def test_half_weights_hold_the_net_and_the_momentum_in_the_compute_precision(syn
     # weights="half" (hiverge's record): parameters and BatchNorm's running statistics in the compute
     # precision, the optimisers' momentum too, no autocast; 'auto' is then fp16 on every GPU. One step
     # of 32 images at 16 px: the CPU's fp16 convolutions train only through a slow reference kernel.
-    made, ns = spy_on_optimizers(monkeypatch), spy_on_newton_schulz(monkeypatch)
     cfg = tiny_cfg(dtype=setting, weights=weights, batch_size=32, train_subset=32, test_subset=64, epochs=1,
                    low_res=16, low_res_epochs=1, whiten_images=32)
-    with autocast_seen() as casts:
-        result = train.train(cfg, synthetic, verbose=False, dtype=precision_on(monkeypatch, gpu, cfg))
-    assert result.precision == dev.dtype_name(computed) and set(ns) == {computed}
+    dtype, made = precision_on(monkeypatch, gpu, cfg), []
+    with autocast_seen() as casts, BatchedProducts() as products:
+        result = train.train(cfg, synthetic, verbose=False, dtype=dtype,
+                             make_optimizers=recording_optimizers(made, dtype))
+    assert result.precision == dev.dtype_name(computed) and set(products.dtypes) == {computed}
     assert floating_dtypes(result.model) == {held}
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in result.model.modules())
     buffers = [s["momentum_buffer"] for opt in made for s in opt.state.values()]
