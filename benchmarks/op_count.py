@@ -7,8 +7,9 @@ Both are counted as their CUDA path runs: every `torch.compile`d function is com
 counting backend) and each call of a compiled graph counts as one operator, however many it fuses
 (the forward step's graphs are CUDA graphs there, one launch each); ours steps SGD fused (`fused=True`,
 as on CUDA; torch's CPU has the same fused kernel) and compiles Muon's update as `compiling.prepare`
-does on CUDA. Left out, on both sides: the loader's work for the next batch, and our CPU-only per-step
-check of the loss (`history.EpochLog.step`, which a GPU run does once an epoch).
+does on CUDA. Left out, on both sides: the loader's work for the next batch, and our per-step
+bookkeeping (`history.EpochLog.step`: a check of the loss on the CPU only, which a GPU run does once an
+epoch, and on every device one copy of the step's loss for the run's per-step record).
 
 Two kinds of step are reported: an ordinary one, and one where Muon rescales the weights (hiverge:
 every 2..17 steps); both after the whitening bias stopped, and never the last of an epoch (whose

@@ -4,7 +4,7 @@
     python -m hlb_utils train --runs 200 --cluster ADDRESS|local --out runs/many
 
 prints the live rows of the first run and one line per further run, then writes the run records
-(`summary.json`, `runs.csv`, `history.csv`) into --out, after every run, each file whole or not at all.
+(`summary.json`, `runs.csv`, `history.csv`, `steps.csv`) into --out, after every run, each file whole or not at all.
 
 Every argument is checked before any data is decoded, so a typo never costs a run: each `--set` value
 is read by its field's type, the device and the cluster must be there, the seeds and the batch size
@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs", type=int, default=1, help="timed runs with seeds seed, seed+1, ...")
     parser.add_argument("--warmup-runs", type=int, default=0, help="untimed runs first (compile, caches)")
     parser.add_argument("--data", default=None, help="CIFAR-10 source (default: HLB_DATA)")
-    parser.add_argument("--out", default=None, help="folder for summary.json, runs.csv, history.csv "
+    parser.add_argument("--out", default=None, help="folder for summary.json, runs.csv, history.csv, steps.csv "
                         "(earlier records there move into series-YYYYmmdd-HHMMSS/)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a config field, read by its type: --set epochs=10, --set compile=false, "

@@ -4,7 +4,8 @@ Every `train()` call uses it (notebooks 04 on show its tables); a learner readin
 read it. `EpochLog` keeps each epoch's running loss and accuracy (on the device, so a GPU never
 waits), checks that the loss stays finite (every step on the CPU, where it is free; once an epoch on a
 GPU), shows the progress line, and makes one history row per epoch with the test scores the loop hands
-it (evaluate.py computes them). `stops_cleanly` turns Ctrl-C into a run cut short that keeps its
+it (evaluate.py computes them), and one row per step with its loss and learning rate (`steps`, for
+`plots.plot_loss_and_lr`: a short run's schedule acts within its few epochs). `stops_cleanly` turns Ctrl-C into a run cut short that keeps its
 finished epochs, and a GPU out of memory into advice on the batch size.
 """
 from __future__ import annotations
@@ -19,6 +20,8 @@ from .progress import LiveTable
 
 # The columns of a run's history and of its live table.
 COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "ema_acc", "tta_acc", "train_seconds"]
+# The columns of a run's steps: loss is the step's mean per image (label-smoothed), lr the schedule's multiplier.
+STEP_COLUMNS = ["step", "epoch", "loss", "lr"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -55,7 +58,7 @@ class EpochLog:
     def __init__(self, cfg, plan, timer: Timer, verbose: bool, totals=None) -> None:
         self.cfg, self.plan, self.timer = cfg, plan, timer
         self.device = timer.device
-        self.history, self.interrupted = [], False
+        self.history, self.steps, self.interrupted = [], [], False
         self.table = LiveTable(COLUMNS, enabled=verbose)
         # the epoch's summed loss and correct count, on the device: the training step adds to them
         # (`train.forward_loss`, inside a compiled step's graph), so a GPU never waits for them
@@ -65,9 +68,13 @@ class EpochLog:
     def _new_epoch(self) -> None:
         self.totals.zero_()   # in place: a compiled step holds this tensor
         self.seen = 0
+        # this epoch's steps: (summed loss on the device, images, lr), read once at the epoch's end
+        self._steps = []
 
-    def step(self, loss, y, step: int) -> None:
+    def step(self, loss, y, step: int, lr: float = math.nan) -> None:
         self.seen += len(y)
+        # a copy: a compiled step's CUDA graph reuses its output's memory at the next step
+        self._steps.append((loss.detach().clone(), len(y), lr))
         if self.device.type == "cpu":
             # On the CPU a per-step check is free; on a GPU it would stall the queue, so there the
             # epoch's summed loss is checked once, at its end.
@@ -86,6 +93,7 @@ class EpochLog:
         test_acc, ema_acc; those missing stay NaN)."""
         loss, correct = self.totals.tolist()
         self._check_finite(self.totals[0], f"in the epoch ending at step {step}", step)
+        self._add_steps(epoch, step)
         seen = max(self.seen, 1)
         row = dict(epoch=epoch, train_loss=loss / seen, train_acc=correct / seen,
                    test_loss=math.nan, test_acc=math.nan, ema_acc=math.nan, tta_acc=math.nan,
@@ -94,6 +102,15 @@ class EpochLog:
         self.history.append(row)
         self.table.add(row)
         self._new_epoch()
+
+    def _add_steps(self, epoch: int, step: int) -> None:
+        """The epoch's rows of `steps`: one read of its losses, after `totals` has waited for the device."""
+        if not self._steps:
+            return
+        losses = torch.stack([loss.float() for loss, _, _ in self._steps]).tolist()
+        first = step - len(self._steps)
+        self.steps += [dict(step=first + k, epoch=epoch, loss=summed / max(n, 1), lr=lr)
+                       for k, (summed, (_, n, lr)) in enumerate(zip(losses, self._steps))]
 
     def final(self, acc: float) -> None:
         """The final accuracy (with TTA) goes into the last row."""

@@ -340,20 +340,30 @@ def plot_confidence(probs_top, cutoff: float, changed_mask):
     return fig
 
 
-def plot_loss_and_lr(steps, losses, lrs):
+def plot_loss_and_lr(steps, losses=None, lrs=None):
     """Training loss per step, with the learning rate on a second axis (notebook 06).
 
     Per step, not per epoch: a short run has a handful of epochs, and the schedule's effect (the
-    loss falling faster as the lr decays) happens within them. Plain arrays, from any run.
+    loss falling faster as the lr decays) happens within them. `steps` is a run's `TrainResult.steps`
+    (columns step, epoch, loss, lr: the schedule's multiplier of each group's base lr; each epoch
+    after the first starts at a dotted line), or plain arrays of steps, losses and lrs from any run.
     """
+    epoch_starts = []
+    if losses is None and lrs is None:
+        table = steps
+        steps, losses, lrs, epochs = (list(table[c]) for c in ("step", "loss", "lr", "epoch"))
+        # the first step of each epoch after the first
+        epoch_starts = [s for s, e, before in zip(steps[1:], epochs[1:], epochs) if e != before]
     fig = Figure(figsize=(7, 3.6), layout="constrained")
     ax = fig.subplots()
     ax.plot(steps, losses, color="C0", lw=1, label="training loss")
+    for start in epoch_starts:
+        ax.axvline(start, color="gray", ls=":", lw=0.8)
     ax.set(xlabel="step", ylabel="training loss", title="loss and learning rate per step")
     ax.grid(alpha=0.3)
     ax_lr = ax.twinx()
     ax_lr.plot(steps, lrs, color="C1", label="learning rate")
     ax_lr.set_ylabel("learning rate", color="C1")
-    lines = ax.get_lines() + ax_lr.get_lines()
+    lines = ax.get_lines()[:1] + ax_lr.get_lines()
     ax.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="upper right")
     return fig

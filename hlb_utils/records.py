@@ -1,8 +1,9 @@
 """Writing run records so that the disk, a shared folder or a signal cannot leave them half-written.
 
-The run records (`summary.json`, `runs.csv`, `history.csv`, written by `runs.write_records`) are what a
-figure is checked against later, so a record that is half-written, stale or silently replaced is worse
-than none. Three rules, each kept here so that runs.py and the command line stay short:
+The run records (`summary.json`, `runs.csv`, `history.csv`, `steps.csv`, written by
+`runs.write_records`) are what a figure is checked against later, so a record that is half-written,
+stale or silently replaced is worse than none. Three rules, each kept here so that runs.py and the
+command line stay short:
 
 - every file is written whole or not at all: a temporary file in the same folder, then `os.replace`
   (a rename, atomic on one file system); a failed write removes its temporary files;
@@ -24,7 +25,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-RECORD_FILES = ("summary.json", "runs.csv", "history.csv")
+RECORD_FILES = ("summary.json", "runs.csv", "history.csv", "steps.csv")
 LOCK_NAME = ".hlb-series.lock"
 TMP_SUFFIX = ".tmp"
 # Free space asked for before a series starts: the records of a long series stay well below this.

@@ -2,7 +2,7 @@
 
 Taught in notebook 06. A claim like "94% in N seconds" is a claim about a mean: `run_many` trains the
 same config with seeds seed, seed+1, ... and `summary` says how sure we can be of it. `write_records`
-leaves a folder anyone can check later: `summary.json`, `runs.csv` and `history.csv`.
+leaves a folder anyone can check later: `summary.json`, `runs.csv`, `history.csv` and `steps.csv`.
 
 A run cut short (Ctrl-C, SIGTERM, SIGHUP) is kept in `runs.csv` with status `interrupted` but never
 counted, and a run whose loss diverged is kept with status `failed` and the step where it did: the
@@ -300,7 +300,8 @@ def _installed_commit() -> str | None:
 
 def write_records(result: TrainResult | RunsResult, out_dir, data_source: str = "",
                   wall_seconds: float | None = None) -> Path:
-    """Write summary.json, runs.csv and history.csv (with a `run` column) into out_dir.
+    """Write summary.json, runs.csv, history.csv and steps.csv (each step's loss and lr; both with a
+    `run` column) into out_dir.
 
     The statistics (`test_accuracy` and its spread, `accuracies`, the seconds) cover finished runs
     only; `runs.csv` lists every run with its `status`.
@@ -311,6 +312,8 @@ def write_records(result: TrainResult | RunsResult, out_dir, data_source: str = 
     first = done[0] if done else None   # None: every run failed, or Ctrl-C came before the first
     histories = [r.history.assign(run=r.config.seed - runs.config.seed) for r in done]
     history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame(columns=["run"])
+    steps = [r.steps.assign(run=r.config.seed - runs.config.seed) for r in done if len(r.steps)]
+    steps = pd.concat(steps, ignore_index=True) if steps else pd.DataFrame(columns=["run"])
     # JSON's null, not the printed "n/a", for a statistic that is undefined
     stats = {k: None if isinstance(v, str) and v == NA else v for k, v in runs.summary.iloc[0].to_dict().items()}
     counts = runs.counts
@@ -335,7 +338,8 @@ def write_records(result: TrainResult | RunsResult, out_dir, data_source: str = 
         date=_dt.datetime.now().isoformat(timespec="seconds"), config=runs.config.to_dict(),
     )
     # each file whole or not at all: a full disk keeps the older files and leaves no temporary file
-    return write_files(out, {"history.csv": history.to_csv(index=False), "runs.csv": runs.table.to_csv(index=False),
+    return write_files(out, {"history.csv": history.to_csv(index=False), "steps.csv": steps.to_csv(index=False),
+                             "runs.csv": runs.table.to_csv(index=False),
                              "summary.json": json.dumps(_clean(summary), indent=2)})
 
 

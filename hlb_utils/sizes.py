@@ -48,8 +48,20 @@ _NOTEBOOK_SIZES: dict[str, dict[str, Any]] = {
         quick=dict(train_subset=1000, epochs=1, test_subset=500)),
     # 05: the SE-ResNet of notebook 03, about as wide as the profile's network
     "se_widths": dict(default=(64, 128, 256, 512), cpu=(32, 64, 128, 256), quick=(8, 16, 32, 64)),
-    # 06: counted runs of the record notebook (a CPU run of the `cpu` profile takes minutes)
-    "record_runs": dict(default=5, cpu=1, quick=2),
+    # 00: changes to the profile's recipe for the quickstart's one run: on a CPU a shorter run of the
+    # same recipe (notebook 06 trains the whole profile), with its share of small images
+    "quickstart": dict(default={}, cpu=dict(epochs=6, low_res_epochs=4)),
+    # 06: the runs that show the spread (mean, interval, t-test): on a GPU whole runs of the profile;
+    # on a CPU, where one whole run takes minutes, short runs of its recipe, seconds each
+    "spread": dict(default={},
+                   cpu=dict(train_subset=2500, batch_size=250, epochs=2, low_res_epochs=1, test_subset=2000,
+                            eval_every=0, tta="none"),
+                   quick=dict(train_subset=2000, batch_size=100, epochs=1, test_subset=500, eval_every=0,
+                              tta="none")),
+    # 06: how many of them (seeds), and the accuracy their mean is tested against: the record's 94% on
+    # a GPU; on a CPU one the short runs reach about half the time (over twenty seeds: benchmarks/NOTES.md)
+    "record_runs": dict(default=5, cpu=10, quick=2),
+    "spread_target": dict(default=0.94, cpu=0.49, quick=0.35),
     # 07: changes to the profile's recipe for each sweep run; at full size on a CPU, epochs mean the
     # same as in the profile
     "sweep": dict(default={}, cpu=dict(train_subset=10_000, test_subset=5000, low_res=0),

@@ -37,7 +37,7 @@ from .evaluate import epoch_scores, evaluate
 from .loader import DeviceLoader, shrink
 from .model import init_whitening, make_net
 from .optim import EMA, Muon, lr_multiplier, smoothed_cross_entropy
-from .history import COLUMNS, EpochLog, stops_cleanly
+from .history import COLUMNS, STEP_COLUMNS, EpochLog, stops_cleanly
 
 
 # The learner's pieces `train()` accepts: loss_fn(logits, labels) -> summed loss, and
@@ -52,7 +52,8 @@ EMAFactory = Callable[[nn.Module, float], object]
 
 @dataclass
 class TrainResult:
-    """What one run produced. `history` has one row per epoch (columns in COLUMNS, plus lr)."""
+    """What one run produced. `history` has one row per epoch (columns in COLUMNS, plus lr); `steps`
+    one row per training step (STEP_COLUMNS: its loss, mean per image, and the schedule's lr multiplier)."""
 
     config: TrainConfig
     history: pd.DataFrame
@@ -62,6 +63,7 @@ class TrainResult:
     init_seconds: float = 0.0     # whitening initialisation
     tta_seconds: float = 0.0      # the final evaluation with TTA
     wall_seconds: float = 0.0     # the whole call, loading and evaluation included
+    steps: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=STEP_COLUMNS))
     device: str = "cpu"
     precision: str = "fp32"       # what 'auto' resolved to: bf16, fp16 or fp32
     peak_memory_mb: float | None = None
@@ -197,7 +199,7 @@ def train_loop(cfg: TrainConfig, plan: Plan, net: nn.Module, forward: Callable, 
                     for opt in optimizers:
                         opt.step()
                         opt.zero_grad(set_to_none=True)
-                    log.step(loss, y, step)   # on the CPU a NaN check and progress
+                    log.step(loss, y, step, lr)   # the step's loss; on the CPU a NaN check and progress
                     step += 1
                     if cfg.ema_decay > 0 and step > plan.ema_start and step % cfg.ema_every == 0:
                         if ema is None:
@@ -295,6 +297,7 @@ def train(cfg: TrainConfig | None = None, data=None, model: nn.Module | None = N
         print(f"final test accuracy (TTA {cfg.tta}): {acc:.4f}{note}   training: {log.timer.total:.2f} s")
     return TrainResult(config=cfg, history=pd.DataFrame(log.history, columns=COLUMNS + ["lr"]),
                        test_accuracy=acc, train_seconds=log.timer.total, compile_seconds=run.seconds,
+                       steps=pd.DataFrame(log.steps, columns=STEP_COLUMNS),
                        init_seconds=init_seconds, tta_seconds=tta_seconds,
                        wall_seconds=time.perf_counter() - wall_start, device=device_name(device),
                        precision=dtype_name(dtype), peak_memory_mb=_peak_memory_mb(device),

@@ -33,7 +33,7 @@ PATHS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 SERIES = ["00_quickstart", "01_data_pipeline", "02_baseline", "03_se_resnet",
           "04_training_recipe", "05_speed_tricks", "06_record_run"]
 # The fewest figures (image/png outputs) each notebook draws in the quick profile.
-MIN_FIGURES = {"00": 2, "01": 4, "02": 1, "03": 3, "04": 2, "05": 1, "06": 3, "07": 1}
+MIN_FIGURES = {"00": 2, "01": 4, "02": 1, "03": 3, "04": 2, "05": 1, "06": 5, "07": 1}
 RERUN_NOTEBOOK = "01_data_pipeline.ipynb"
 CELL_TIMEOUT = 600  # seconds allowed per cell
 
@@ -295,7 +295,7 @@ def _check_05(s):
 
 def _check_06(s):
     assert s["runs"] == 1 and s["table"] == 1 and s["published_ours"] == [1, 1] and s["record"] == 1
-    assert s["epochs"] == [1]
+    assert s["epochs"] == [1] and s["record_epochs"] == 1 and s["steps"] == s["record_steps"]
 
 
 def _check_07(s):
@@ -338,12 +338,15 @@ CONFIG_CHANGES = {
         _json("dict(epochs=sorted({r.config.epochs for r in results.values()}), results=list(results), "
               "rows=list(table['change']))"), _check_05),
     "06_record_run": Change(
-        lambda src: _set_lines(src, {"RUNS": "1"}) + "\ncfg = cfg.replace(epochs=1)",   # one short run: cheap
-        ("plot_lr_schedule", "plot_curves", "first.history.round", "runs.table", "runs.summary.round",
-         "plot_spread", "published = ", "SERIES, DEVICES", "results_table"),
+        # one spread run, and a one-epoch record run: cheap
+        lambda src: _set_lines(src, {"RUNS": "1"}) + "\ncfg = cfg.replace(epochs=1)",
+        ("plot_lr_schedule", "runs.table", "runs.summary.round", "plot_spread", "my_summary(runs.accuracies",
+         "plot_curves", "record.history", "plot_loss_and_lr", "plot_confidence", "published = ", "SERIES, DEVICES",
+         "results_table"),
         _json("dict(runs=len(runs.results), table=len(runs.table), published_ours=[int(r) for r in ours['runs']], "
               "record=json.load(open(folder / 'summary.json'))['runs'], "
-              "epochs=[r.config.epochs for r in runs.results])"),
+              "epochs=[r.config.epochs for r in runs.results], record_epochs=record.config.epochs, "
+              "steps=len(record.steps), record_steps=record.config.steps_per_epoch(record.config.train_subset))"),
         _check_06),
     "07_playground": Change(
         lambda src: _set_lines(src, {"KNOB": '"translate"', "VALUES": "[0, 1]"}),

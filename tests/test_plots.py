@@ -126,3 +126,13 @@ def test_spread_of_one_run_has_no_interval():
     assert not ax.patches   # no interval band
     ax, = rendered(plots.plot_spread([0.9, 0.92, 0.91])).axes
     assert len(ax.patches) == 1
+
+
+def test_loss_and_lr_read_a_runs_steps_with_its_epochs():
+    steps = pd.DataFrame(dict(step=range(6), epoch=[1, 1, 1, 2, 2, 2], loss=[2.0, 1.8, 1.5, 1.4, 1.2, 1.1],
+                              lr=[1.0, 0.8, 0.6, 0.4, 0.2, 0.0]))
+    fig = rendered(plots.plot_loss_and_lr(steps))
+    ax, ax_lr = fig.axes
+    assert list(ax.lines[0].get_ydata()) == list(steps["loss"]) and list(ax_lr.lines[0].get_ydata()) == list(steps["lr"])
+    assert [line.get_xdata()[0] for line in ax.lines[1:]] == [3]   # where epoch 2 starts
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["training loss", "learning rate"]

@@ -96,7 +96,7 @@ def test_a_reused_folder_keeps_the_earlier_series_apart(tmp_path, synthetic_sour
     assert len(kept) == 1 and kept[0].name == "series-" + first["date"].replace("-", "").replace(":", "").replace("T", "-")
     assert json.loads((kept[0] / "summary.json").read_text())["seed"] == 1
     assert json.loads((out / "summary.json").read_text())["seed"] == 2
-    assert sorted(p.name for p in kept[0].iterdir()) == ["history.csv", "runs.csv", "summary.json"]
+    assert sorted(p.name for p in kept[0].iterdir()) == ["history.csv", "runs.csv", "steps.csv", "summary.json"]
     assert not (out / records.LOCK_NAME).exists()
 
 

@@ -7,7 +7,8 @@ from hlb_utils import config as C
 from hlb_utils import sizes as S
 
 # Which recipe each named size changes: a profile's own, the seed profile's, or none (plain values).
-_SIZED_RECIPE = {"seed_net": "seed", "recipe_steps": "seed", "ablation": "own", "sweep": "own"}
+_SIZED_RECIPE = {"seed_net": "seed", "recipe_steps": "seed", "ablation": "own", "sweep": "own", "quickstart": "own",
+                 "spread": "own"}
 
 
 @pytest.mark.parametrize("profile", C.PROFILE_NAMES)
@@ -23,6 +24,8 @@ def test_every_notebook_size_is_valid_in_every_profile(profile):
             # each value in the sweep's own recipe (which turns progressive resizing off where it would outlast it)
             swept = C.get_profile(profile, **S.notebook_size("sweep", profile))
             assert size and all(swept.replace(epochs=e).epochs == e for e in size)
+        elif name == "spread_target":
+            assert isinstance(size, float) and 0 < size < 1, (name, size)
         elif name == "baseline":
             assert {"subset", "epochs", "widths", "num_workers"} <= set(size)
         else:

@@ -65,6 +65,27 @@ def test_history_and_result_fields(synthetic):
     assert 0 <= res.test_accuracy <= 1 and res.device == "cpu"
 
 
+def test_steps_record_each_step_loss_and_lr_in_step_with_the_history(synthetic):
+    # 1000 images in batches of 100: every step sees as many images, so the epoch's mean of the steps'
+    # per-image losses is the history's train_loss; the lr is the schedule's multiplier at that step
+    res = train.train(tiny_cfg(epochs=3), synthetic, verbose=False)
+    steps = res.steps
+    plan = train.plan_steps(res.config, 10)
+    assert list(steps.columns) == history.STEP_COLUMNS and list(steps["step"]) == list(range(plan.total))
+    assert list(steps["epoch"]) == [s // 10 + 1 for s in range(plan.total)]
+    by_epoch = steps.groupby("epoch")["loss"].mean()
+    assert list(by_epoch.index) == list(res.history["epoch"])
+    assert by_epoch.to_numpy() == pytest.approx(res.history["train_loss"].to_numpy(), rel=1e-5)
+    assert list(steps["lr"]) == pytest.approx([optim.lr_multiplier(res.config, s, plan.total) for s in steps["step"]])
+    assert list(steps.groupby("epoch")["lr"].last()) == pytest.approx(list(res.history["lr"]))
+
+
+def test_steps_of_finished_epochs_only_when_interrupted(synthetic, monkeypatch):
+    fail_at_epoch(monkeypatch, 2, KeyboardInterrupt())
+    res = train.train(tiny_cfg(epochs=3), synthetic, verbose=False)
+    assert res.interrupted and list(res.steps["epoch"].unique()) == [1] and len(res.steps) == 10
+
+
 @pytest.mark.parametrize("changes", [{}, {"batch_size": 300}, {"train_subset": 450, "batch_size": 100}])
 def test_steps_per_epoch_is_what_the_loader_yields(synthetic, changes):
     cfg = tiny_cfg(**changes)   # used by the lr-schedule plots and the FLOP count, so it must agree
@@ -374,6 +395,8 @@ def test_run_many_and_records(synthetic, tmp_path):
         assert key in summary
     assert summary["runs"] == 2 and len(summary["accuracies"]) == 2
     assert len(pd.read_csv(out / "history.csv")) == 2 and len(pd.read_csv(out / "runs.csv")) == 2
+    steps = pd.read_csv(out / "steps.csv")   # each run's steps, by run
+    assert list(steps.groupby("run").size()) == [len(r.steps) for r in result.results] == [10, 10]
 
 
 def test_quick_profile_learns_real_images(cifar):
