@@ -50,7 +50,7 @@ _NOTEBOOK_SIZES: dict[str, dict[str, Any]] = {
                  eval_every=0, tta="none"),
         quick=dict(train_subset=1000, epochs=1, test_subset=500)),
     # 05: the seeds every ablation row trains (the same in each row: differences are paired by seed)
-    "ablation_seeds": dict(default=10, cpu=5, quick=2),
+    "ablation_seeds": dict(default=5, cpu=5, quick=2),
     # 05: the ablation rows this machine leaves out, by the start of their names. On a CPU: those that
     # change only a GPU's speed (fp32, compile off: the same as 'all tricks' there anyway) and, to stay
     # within about 9 minutes, the costliest (the SE-ResNet, channels_last off's slower convolutions) and
