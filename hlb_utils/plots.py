@@ -211,7 +211,7 @@ def plot_epochs_to_target(curves: dict, target: float):
     return fig
 
 
-def plot_newton_schulz(iterations=None, steps: int = 3, smallest: float = 1e-3):
+def plot_newton_schulz(iterations=None, steps: int = 3, smallest: float = 1e-3, newton_schulz=None):
     """What each Newton-Schulz step does to a singular value: input on x, output after each step.
 
     Muon's iteration X <- a X + b (X X^T) X + c (X X^T)^2 X acts on each singular value s alone,
@@ -220,6 +220,9 @@ def plot_newton_schulz(iterations=None, steps: int = 3, smallest: float = 1e-3):
     array (a learner's own sketch), or a dict of names to either; default: airbench94_muon's and
     hiverge's coefficients, side by side. Singular values start at most 1 (the gradient is divided
     by its norm first); x is logarithmic because most of a gradient's singular values are small.
+    `newton_schulz(G, steps=k, coeffs=(a, b, c))`: a whole iteration on a matrix (notebook 05 passes
+    its learner's); the curves are then read from it, k = 0 .. steps (see `_matrix_curves`), and
+    `iterations` holds coefficients only.
     """
     import numpy as np
 
@@ -230,22 +233,46 @@ def plot_newton_schulz(iterations=None, steps: int = 3, smallest: float = 1e-3):
                       "hiverge": get_profile("record").ns_coeffs}
     elif not isinstance(iterations, dict):
         iterations = {"your iteration": iterations}
+    if newton_schulz is not None and any(callable(it) for it in iterations.values()):
+        raise ValueError("with newton_schulz=..., iterations must be coefficients (a, b, c), not functions")
     fig = Figure(figsize=(4.5 * len(iterations), 3.8), layout="constrained")
     axes = fig.subplots(1, len(iterations), squeeze=False)[0]
-    s = np.geomspace(smallest, 1.0, 400)
+    s = np.geomspace(smallest, 1.0, 400 if newton_schulz is None else 120)
     for ax, (name, it) in zip(axes, iterations.items()):
-        step = it if callable(it) else (lambda x, a=it[0], b=it[1], c=it[2]: a * x + b * x**3 + c * x**5)
-        ax.plot(s, s, color="gray", ls="--", label="before (input)")
-        y = s
-        for k in range(1, steps + 1):
-            y = step(y)
-            ax.plot(s, y, label=f"after step {k}")
+        if newton_schulz is not None:
+            curves = _matrix_curves(newton_schulz, tuple(it), s, steps)
+        else:
+            step = it if callable(it) else (lambda x, a=it[0], b=it[1], c=it[2]: a * x + b * x**3 + c * x**5)
+            curves = [s]
+            for _ in range(steps):
+                curves.append(step(curves[-1]))
+        x = curves[0]
+        ax.plot(x, x, color="gray", ls="--", label="before (input)")
+        for k, y in enumerate(curves[1:], start=1):
+            ax.plot(x, y, label=f"after step {k}")
         ax.axhline(1.0, color="k", lw=0.8, ls=":")
         coeffs = "" if callable(it) else f"\n(a, b, c) = {tuple(it)}"
         ax.set(xscale="log", xlabel="singular value in", ylabel="singular value out", title=f"{name}{coeffs}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return fig
+
+
+def _matrix_curves(newton_schulz, coeffs: tuple, s, steps: int) -> list:
+    """Each value of `s` after k = 0 .. steps steps of a matrix iteration, read off 2x2 matrices.
+
+    The matrix diag(s, sqrt(1 - s^2)) has norm 1, so the iteration's own normalisation leaves s in
+    place (what it does leave, k = 0, is the x the curves are drawn against), and every product of
+    diagonal matrices stays diagonal: entry [0, 0] is what the iteration does to that one singular value.
+    """
+    import numpy as np
+
+    out = np.empty((steps + 1, len(s)))
+    for j, value in enumerate(s):
+        G = torch.diag(torch.tensor([value, (1.0 - value * value) ** 0.5], dtype=torch.float64))
+        for k in range(steps + 1):
+            out[k, j] = float(newton_schulz(G, steps=k, coeffs=coeffs)[0, 0])
+    return list(out)
 
 
 def plot_flip_schedule(random_masks, alternating_masks, images=None):

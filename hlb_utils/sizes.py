@@ -41,11 +41,25 @@ _NOTEBOOK_SIZES: dict[str, dict[str, Any]] = {
         # quick: the weight average over the whole (four-step) run, so that it is updated at all
         quick=dict(widths=(8, 16, 32, 64), epochs=1, batch_size=250, train_subset=1000, test_subset=500,
                    **{**_SHORT_EMA_QUICK, "ema_epochs": 1.0})),
-    # 05: changes to the profile's recipe for each ablation run
+    # 05: changes to the profile's recipe for each ablation run. On a CPU a short run, evaluated once
+    # at the end without TTA (the rows compare training; notebook 06 teaches TTA), so that each row
+    # can train several seeds
     "ablation": dict(
         default={},
-        cpu=dict(train_subset=8000, epochs=3, low_res_epochs=2, batch_size=250, test_subset=5000),
+        cpu=dict(train_subset=4000, epochs=2, low_res_epochs=1, batch_size=250, test_subset=2000,
+                 eval_every=0, tta="none"),
         quick=dict(train_subset=1000, epochs=1, test_subset=500)),
+    # 05: the seeds every ablation row trains (the same in each row: differences are paired by seed)
+    "ablation_seeds": dict(default=5, cpu=5, quick=2),
+    # 05: the ablation rows this machine leaves out, by the start of their names. On a CPU: those that
+    # change only a GPU's speed (fp32, compile off: the same as 'all tricks' there anyway) and, to stay
+    # within about 9 minutes, the costliest (the SE-ResNet, channels_last off's slower convolutions) and
+    # the record's five groups of knobs
+    "ablation_skip": dict(
+        default=[],
+        cpu=["fp32", "compile off", "channels_last off", "SE-ResNet", "record's"],
+        quick=["fp32", "compile off", "channels_last off", "SE-ResNet", "random flip", "full resolution",
+               "record's"]),
     # 05: the SE-ResNet of notebook 03, about as wide as the profile's network
     "se_widths": dict(default=(64, 128, 256, 512), cpu=(32, 64, 128, 256), quick=(8, 16, 32, 64)),
     # 00: changes to the profile's recipe for the quickstart's one run: on a CPU a shorter run of the

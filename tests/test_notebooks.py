@@ -33,7 +33,7 @@ PATHS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 SERIES = ["00_quickstart", "01_data_pipeline", "02_baseline", "03_se_resnet",
           "04_training_recipe", "05_speed_tricks", "06_record_run"]
 # The fewest figures (image/png outputs) each notebook draws in the quick profile.
-MIN_FIGURES = {"00": 2, "01": 4, "02": 1, "03": 3, "04": 2, "05": 1, "06": 5, "07": 1}
+MIN_FIGURES = {"00": 2, "01": 5, "02": 1, "03": 3, "04": 2, "05": 3, "06": 5, "07": 1}
 RERUN_NOTEBOOK = "01_data_pipeline.ipynb"
 CELL_TIMEOUT = 600  # seconds allowed per cell
 
@@ -291,6 +291,8 @@ def _check_04(s):
 
 def _check_05(s):
     assert s["epochs"] == [0.5] and s["rows"] == s["results"] and s["rows"][0] == "all tricks"
+    # every row trained the same seeds, and the chart's rows are the table's after 'all tricks'
+    assert len(s["seeds"]) == 1 and len(s["seeds"][0]) >= 2 and s["paired"] == s["rows"][1:]
 
 
 def _check_06(s):
@@ -331,12 +333,14 @@ CONFIG_CHANGES = {
         ("plot_curves", "evaluate.evaluate(last.model", "results_table"),
         _json("dict(rows=list(table['change']), runs=list(table['runs']), last=last.config.label_smoothing)"),
         _check_04),
-    # half an epoch per row: every row of the table and every bar of the plot is a new run
+    # half an epoch per row: every row of the table and every point of the chart is a new run
     "05_speed_tricks": Change(
         lambda src: _after(src, "base", "base = base.replace(epochs=0.5)"),
-        ("results_table", "plot.barh"),
-        _json("dict(epochs=sorted({r.config.epochs for r in results.values()}), results=list(results), "
-              "rows=list(table['change']))"), _check_05),
+        ("results_table", "plot_paired_differences"),
+        _json("dict(epochs=sorted({r.config.epochs for runs in results.values() for r in runs.results}), "
+              "results=list(results), rows=list(table['change']), paired=list(paired['setting'][1:]), "
+              "seeds=sorted({tuple(r.config.seed for r in runs.results) for runs in results.values()}))"),
+        _check_05),
     "06_record_run": Change(
         # one spread run, and a one-epoch record run: cheap
         lambda src: _set_lines(src, {"RUNS": "1"}) + "\ncfg = cfg.replace(epochs=1)",

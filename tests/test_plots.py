@@ -77,6 +77,22 @@ def test_newton_schulz_curves_are_what_the_iteration_does_to_singular_values():
     assert len(mine.axes) == 1 and len(mine.axes[0].lines) == 2 + 2 and mine.axes[0].get_title() == "your iteration"
 
 
+def test_newton_schulz_curves_from_a_matrix_function_match_the_formula():
+    # a learner's whole iteration (here the library's), read step by step, draws a s + b s^3 + c s^5
+    coeffs = {"airbench": optim.NS_COEFFS, "record": get_profile("record").ns_coeffs}
+    fig = rendered(plots.plot_newton_schulz(coeffs, steps=3, newton_schulz=optim.newton_schulz))
+    assert len(fig.axes) == 2 and all(len(ax.lines) == 3 + 2 for ax in fig.axes)
+    for ax, (a, b, c) in zip(fig.axes, coeffs.values()):
+        y, want = np.asarray(ax.lines[0].get_data()[0]), []
+        for _ in range(3):
+            y = a * y + b * y**3 + c * y**5
+            want.append(y)
+        for line, y in zip(ax.lines[1:4], want):   # after steps 1, 2 and 3
+            assert np.asarray(line.get_data()[1]) == pytest.approx(y, rel=1e-6, abs=1e-9)
+    with pytest.raises(ValueError, match="coefficients"):
+        plots.plot_newton_schulz(lambda x: x, newton_schulz=optim.newton_schulz)
+
+
 def test_flip_schedule_as_cells_and_as_images():
     gen = torch.Generator().manual_seed(0)
     random = torch.stack([torch.randint(0, 2, (3,), generator=gen).bool() for _ in range(4)])

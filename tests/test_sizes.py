@@ -28,6 +28,8 @@ def test_every_notebook_size_is_valid_in_every_profile(profile):
             assert isinstance(size, float) and 0 < size < 1, (name, size)
         elif name == "baseline":
             assert {"subset", "epochs", "widths", "num_workers"} <= set(size)
+        elif name == "ablation_skip":
+            assert isinstance(size, list) and all(isinstance(row, str) and row for row in size)
         else:
             assert isinstance(size, int) and size >= 1, (name, size)
 
