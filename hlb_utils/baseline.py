@@ -19,6 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from .data import shuffled_indices
+from .device import device_name
+from .train import TrainResult
 
 # Per-channel mean and std of CIFAR-10's training images (0..1 scale), as tutorials hard-code them.
 MEAN = (0.4914, 0.4822, 0.4465)
@@ -110,3 +112,14 @@ def train_baseline(data, epochs: int = 10, batch_size: int = 128, lr: float = 0.
         rows.append(dict(epoch=epoch, train_loss=loss_sum / seen, train_acc=right / seen,
                          test_loss=test_loss, test_acc=test_acc, train_seconds=seconds))
     return pd.DataFrame(rows), rows[-1]["test_acc"], seconds
+
+
+def baseline_run(cfg, data, verbose: bool = False, **baseline) -> TrainResult:
+    """`train_baseline` as one run of `runs.run_many` (notebook 02): the seed comes from `cfg`, every
+    other setting from `baseline` (train_baseline's keywords), so that the baseline trains the same
+    seeds as our recipe and `compare.paired_table` can pair them. `cfg` is kept as the run's config
+    for its seed only: the baseline does not read the recipe's other fields."""
+    baseline = {**baseline, "seed": cfg.seed}
+    history, accuracy, seconds = train_baseline(data, **baseline)
+    return TrainResult(cfg, history, accuracy, seconds,
+                       device=device_name(torch.device(baseline.get("device", "cpu"))))

@@ -44,16 +44,17 @@ def compare_settings(base_cfg: TrainConfig, changes: dict[str, dict], data, seed
     return paired_table(base, results)
 
 
-def paired_table(base: RunsResult, others: dict[str, RunsResult]) -> pd.DataFrame:
+def paired_table(base: RunsResult, others: dict[str, RunsResult], base_name: str = BASE) -> pd.DataFrame:
     """One row per setting: mean accuracy, mean difference from the base over their common seeds,
     its 95% interval, the paired t-test's p-value, the verdict, and mean training seconds.
 
-    The base's own row has difference 0 with a zero-width interval and the verdict "base". Only
+    The base's own row, named `base_name`, has difference 0 with a zero-width interval and the
+    verdict "base". Only
     seeds that finished in both settings are paired (an interrupted or failed run drops its seed).
     Undefined entries (one common seed) are "n/a", never NaN.
     """
     base_acc = _by_seed(base)
-    rows = [_row(BASE, base, base_acc, base_acc, "base")]
+    rows = [_row(base_name, base, base_acc, base_acc, "base")]
     for name, result in others.items():
         acc = _by_seed(result)
         common = sorted(set(acc) & set(base_acc))

@@ -1,7 +1,8 @@
 """Matplotlib figures for the notebooks.
 
 `image_grid` is taught in notebook 01 (looking at the data, and at what augmentation does to it),
-with `plot_flip_schedule`; the training curves, the lr schedule and the spread over runs in notebooks
+with `plot_flip_schedule`; two recipes' accuracy against epochs and seconds (`plot_accuracy_over_time`)
+in notebook 02; the training curves, the lr schedule and the spread over runs in notebooks
 04 and 06, with `plot_label_smoothing` (04), `plot_confidence` and `plot_loss_and_lr` (06);
 `plot_newton_schulz` in 05; changes against a base over paired seeds (`plot_paired_differences`)
 in 04, 05 and 07, and epochs to a target (`plot_epochs_to_target`) in 05 and 07; a sweep's
@@ -87,6 +88,33 @@ def plot_curves(history, title: str | None = None):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_over_time(histories: dict):
+    """Several runs' test accuracy on one axis, against epochs (left) and training seconds (right).
+
+    `histories` maps a name to a run's history (`TrainResult.history`, or notebook 02's baseline's):
+    columns `epoch`, `test_acc` and the cumulative `train_seconds`. The same curves read two ways:
+    which recipe learns more per pass over the data, and which gets there sooner (notebook 02).
+    Epochs without a test are skipped; a final accuracy with TTA (`tta_acc`) is a star.
+    """
+    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    ax_epochs, ax_seconds = fig.subplots(1, 2, sharey=True)
+    for k, (name, history) in enumerate(histories.items()):
+        tested = history["test_acc"].notna()
+        tta = history["tta_acc"].notna() if "tta_acc" in history else tested & False
+        for ax, x in ((ax_epochs, "epoch"), (ax_seconds, "train_seconds")):
+            ax.plot(history[x][tested], history["test_acc"][tested], "o-", color=f"C{k}", label=name)
+            if tta.any():
+                ax.plot(history[x][tta], history["tta_acc"][tta], "*", color=f"C{k}", markersize=10,
+                        label=f"{name}, with TTA")
+    ax_epochs.set(xlabel="epoch", ylabel="test accuracy", title="against epochs")
+    ax_epochs.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_seconds.set(xlabel="training seconds", title="against time")
+    for ax in (ax_epochs, ax_seconds):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     return fig
 
 
@@ -307,18 +335,20 @@ def plot_flip_schedule(random_masks, alternating_masks, images=None):
     return fig
 
 
-def plot_label_smoothing(smoothing: float = 0.2, classes: int = 10):
+def plot_label_smoothing(smoothing: float = 0.2, classes: int = 10, loss_fn=None):
     """Label smoothing's target distribution, and the loss against the true class's logit (notebook 04).
 
     Left: the one-hot target against the smoothed one. Right: the loss of one image whose other
-    logits are 0, with and without smoothing (`optim.smoothed_cross_entropy`): without it the loss
-    keeps falling as the logit grows, so training pushes logits up forever; with it the loss has a
-    minimum (dotted), so over-confident logits are pulled back.
+    logits are 0, with and without smoothing: without it the loss keeps falling as the logit grows,
+    so training pushes logits up forever; with it the loss has a minimum (dotted), so over-confident
+    logits are pulled back. `loss_fn(logits, labels, smoothing)` is the loss drawn, called on one
+    image at a time (a learner's own sketch; default `optim.smoothed_cross_entropy`).
     """
     import numpy as np
 
     from .optim import smoothed_cross_entropy
 
+    loss_fn = loss_fn or smoothed_cross_entropy
     fig = Figure(figsize=(10, 3.5), layout="constrained")
     ax_target, ax_loss = fig.subplots(1, 2)
     x = np.arange(classes)
@@ -332,10 +362,12 @@ def plot_label_smoothing(smoothing: float = 0.2, classes: int = 10):
     logits = torch.cat([z[:, None], torch.zeros(len(z), classes - 1)], dim=1)
     labels = torch.zeros(len(z), dtype=torch.long)
     for s, label in ((0.0, "without smoothing"), (smoothing, f"with smoothing {smoothing:g}")):
-        ax_loss.plot(z, smoothed_cross_entropy(logits, labels, s, reduction="none"), label=label)
+        loss = [float(loss_fn(row[None], labels[:1], s)) for row in logits]
+        ax_loss.plot(z.numpy(), loss, label=label)
     if 0 < smoothing < 1:
-        best = math.log((1 - smoothing + smoothing / classes) / (smoothing / classes))
-        ax_loss.axvline(best, color="C1", ls=":", label=f"smoothed loss is lowest at {best:.2f}")
+        # read off the drawn curve, so that a learner's changed loss shows its own minimum
+        best = float(z[int(np.argmin(loss))])
+        ax_loss.axvline(best, color="C1", ls=":", label=f"smoothed loss is lowest near {best:.1f}")
     ax_loss.set(xlabel="true class's logit (the others at 0)", ylabel="loss", title="loss against the logit")
     ax_loss.grid(alpha=0.3)
     ax_loss.legend(fontsize=8)

@@ -20,11 +20,14 @@ _SHORT_EMA_QUICK = dict(ema_epochs=0.5, ema_decay=0.5)
 _NOTEBOOK_SIZES: dict[str, dict[str, Any]] = {
     # 01: training images the loader timing passes over
     "loader_timing_images": dict(default=50_000, quick=5_000),
-    # 02: the conventional baseline's training images (None: all), epochs, widths and loader workers
+    # 02: the conventional baseline's training images (None: all), epochs, widths and loader workers;
+    # on a CPU short enough that it and our recipe each train once per seed
     "baseline": dict(
         default=dict(subset=None, epochs=10, widths=(64, 128, 256), num_workers=2),
-        cpu=dict(subset=10_000, epochs=4, widths=(32, 64, 128), num_workers=0),
+        cpu=dict(subset=4000, epochs=3, widths=(32, 64, 128), num_workers=0, test_subset=2000),
         quick=dict(subset=2000, epochs=2, widths=(16, 32, 64), num_workers=0, test_subset=1000)),
+    # 02: the seeds that the baseline and our recipe each train (the same seeds: paired)
+    "baseline_seeds": dict(default=5, cpu=5, quick=2),
     # 03: changes to the seed profile. Short runs get a short weight average: the EMA's memory,
     # ema_every / (1 - ema_decay) steps (about 70 in the seed recipe), must be well inside the last
     # ema_epochs of the run.
@@ -33,14 +36,17 @@ _NOTEBOOK_SIZES: dict[str, dict[str, Any]] = {
         cpu=dict(widths=(16, 64, 128, 256), epochs=4, train_subset=20_000, batch_size=256, **_SHORT_EMA_CPU),
         quick=dict(widths=(8, 16, 32, 64), epochs=2, batch_size=250, train_subset=2000, test_subset=1000,
                    **_SHORT_EMA_QUICK)),
-    # 04: changes to the seed profile for six trainings in a row, each shorter than notebook 03's
+    # 04: changes to the seed profile for seven steps, each trained over several seeds: on a CPU far
+    # shorter than notebook 03's runs, tested once at the end
     "recipe_steps": dict(
         default={},
-        cpu=dict(widths=(8, 32, 64, 128), epochs=3, batch_size=256, train_subset=15_000, test_subset=5000,
-                 **_SHORT_EMA_CPU),
+        cpu=dict(widths=(8, 32, 64, 128), epochs=3, batch_size=256, train_subset=2000, test_subset=2000,
+                 eval_every=0, **_SHORT_EMA_CPU),
         # quick: the weight average over the whole (four-step) run, so that it is updated at all
         quick=dict(widths=(8, 16, 32, 64), epochs=1, batch_size=250, train_subset=1000, test_subset=500,
                    **{**_SHORT_EMA_QUICK, "ema_epochs": 1.0})),
+    # 04: the seeds each step trains (the same seeds in every step: paired)
+    "recipe_seeds": dict(default=5, cpu=5, quick=2),
     # 05: changes to the profile's recipe for each ablation run. On a CPU a short run, evaluated once
     # at the end without TTA (the rows compare training; notebook 06 teaches TTA), so that each row
     # can train several seeds

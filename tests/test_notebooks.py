@@ -27,13 +27,14 @@ from nbclient.exceptions import CellExecutionError
 
 from hlb_utils import notebook as hn
 from hlb_utils.data import data_label
+from hlb_utils.sizes import notebook_size
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 PATHS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 SERIES = ["00_quickstart", "01_data_pipeline", "02_baseline", "03_se_resnet",
           "04_training_recipe", "05_speed_tricks", "06_record_run"]
 # The fewest figures (image/png outputs) each notebook draws in the quick profile.
-MIN_FIGURES = {"00": 2, "01": 5, "02": 1, "03": 3, "04": 2, "05": 3, "06": 5, "07": 1}
+MIN_FIGURES = {"00": 2, "01": 5, "02": 2, "03": 3, "04": 4, "05": 3, "06": 5, "07": 1}
 RERUN_NOTEBOOK = "01_data_pipeline.ipynb"
 CELL_TIMEOUT = 600  # seconds allowed per cell
 
@@ -277,6 +278,9 @@ def _check_01(s):
 def _check_02(s):
     assert s["baseline_epochs"] == 1 and s["ours"] == 1 and s["rows"] == ["conventional baseline",
                                                                           "our recipe, same images and epochs"]
+    # both recipes trained the same seeds, and the comparison pairs them all
+    seeds = notebook_size("baseline_seeds", "quick")
+    assert s["seeds"] == [list(range(seeds))] * 2 and s["paired"] == [seeds, seeds]
 
 
 def _check_03(s):
@@ -284,9 +288,12 @@ def _check_03(s):
 
 
 def _check_04(s):
-    # three steps, EMA first: each step stays one training and one row, named by its step
+    # three steps, EMA first: each step stays one row, named by its step, trained over the same seeds,
+    # and compared with the step before it, then the last with the first
     assert s["rows"] == ["+ EMA", "+ test-time augmentation", "+ label smoothing"]
-    assert s["runs"] == [1, 1, 1] and s["last"] == 0.2
+    assert s["runs"] == [notebook_size("recipe_seeds", "quick")] * 3 and s["last"] == 0.2
+    assert s["compared"] == ["+ test-time augmentation", "+ label smoothing", "all 2 pieces together"]
+    assert s["against"] == ["+ EMA", "+ test-time augmentation", "+ EMA"]
 
 
 def _check_05(s):
@@ -319,8 +326,10 @@ CONFIG_CHANGES = {
         _check_01),
     "02_baseline": Change(
         lambda src: _after(src, "BASELINE", 'BASELINE = {**BASELINE, "epochs": 1}'),
-        ("history.round", "plot_curves", "results_table"),
-        _json("dict(baseline_epochs=len(history), ours=ours.config.epochs, rows=list(results))"), _check_02),
+        ("history.round", "plot_accuracy_over_time", "paired_table(baseline_runs", "results_table"),
+        _json("dict(baseline_epochs=len(history), ours=ours.config.epochs, rows=list(results), "
+              "seeds=[[r.config.seed for r in x.results] for x in (baseline_runs, ours_runs)], "
+              "paired=[int(n) for n in comparison['runs']])"), _check_02),
     # narrower: the cost table, the printed net and the results must all be the new net's
     "03_se_resnet": Change(
         lambda src: src + "\ncfg = cfg.replace(widths=(4, 8, 16, 32))",
@@ -330,8 +339,9 @@ CONFIG_CHANGES = {
     "04_training_recipe": Change(
         lambda src: src + '\nSTEPS = {name: STEPS[name] for name in ("+ EMA", "+ test-time augmentation", '
                           '"+ label smoothing")}',
-        ("plot_curves", "evaluate.evaluate(last.model", "results_table"),
-        _json("dict(rows=list(table['change']), runs=list(table['runs']), last=last.config.label_smoothing)"),
+        ("plot_curves", "evaluate.evaluate(last.model", "plot_paired_differences(steps)", "results_table"),
+        _json("dict(rows=list(table['change']), runs=[int(n) for n in table['runs']], "
+              "last=last.config.label_smoothing, compared=list(steps['setting']), against=list(steps['against']))"),
         _check_04),
     # half an epoch per row: every row of the table and every point of the chart is a new run
     "05_speed_tricks": Change(

@@ -122,6 +122,32 @@ def test_label_smoothing_targets_and_loss(smoothing, loss_lines):
         assert z[np.argmin(loss)] == pytest.approx(ax_loss.lines[2].get_xdata()[0], abs=0.1)
 
 
+def test_label_smoothing_draws_a_learners_loss():
+    calls = []
+
+    def mine(logits, labels, smoothing):
+        calls.append(smoothing)
+        return optim.smoothed_cross_entropy(logits, labels, smoothing) * 2   # visibly not the library's
+
+    ax_loss = rendered(plots.plot_label_smoothing(0.2, classes=10, loss_fn=mine)).axes[1]
+    z, doubled = ax_loss.lines[0].get_data()
+    library = optim.smoothed_cross_entropy(torch.tensor([[z[0]] + [0.0] * 9]), torch.tensor([0]), 0.0)
+    assert doubled[0] == pytest.approx(2 * float(library)) and sorted(set(calls)) == [0.0, 0.2]
+
+
+def test_accuracy_over_time_shares_the_accuracy_axis():
+    slow = pd.DataFrame(dict(epoch=[1, 2, 3], test_acc=[0.3, 0.4, 0.45], train_seconds=[10.0, 20.0, 30.0]))
+    fast = pd.DataFrame(dict(epoch=[1, 2, 3], test_acc=[0.4, None, 0.6], train_seconds=[4.0, 8.0, 12.0],
+                             tta_acc=[None, None, 0.62]))
+    ax_epochs, ax_seconds = rendered(plots.plot_accuracy_over_time({"slow": slow, "fast": fast})).axes
+    assert [len(ax.lines) for ax in (ax_epochs, ax_seconds)] == [3, 3]   # two curves and one TTA star
+    x, y = ax_seconds.lines[1].get_data()   # the fast run, its untested epoch skipped
+    assert list(x) == [4.0, 12.0] and list(y) == [0.4, 0.6]
+    assert list(ax_epochs.lines[0].get_xdata()) == [1, 2, 3]
+    labels = [t.get_text() for t in ax_epochs.get_legend().get_texts()]
+    assert labels == ["slow", "fast", "fast, with TTA"]
+
+
 @pytest.mark.parametrize("changed", [[True, False] * 50, [False] * 100])
 def test_confidence_histogram_with_and_without_changed_answers(changed):
     probs = np.linspace(0.2, 1.0, 100)
