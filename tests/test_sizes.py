@@ -23,6 +23,8 @@ def test_every_notebook_size_is_valid_in_every_profile(profile):
             # each value in the sweep's own recipe (which turns progressive resizing off where it would outlast it)
             swept = C.get_profile(profile, **S.notebook_size("sweep", profile))
             assert size and all(swept.replace(epochs=e).epochs == e for e in size)
+        elif name == "sweep_target":
+            assert 0 < size < 1, (name, size)
         elif name == "baseline":
             assert {"subset", "epochs", "widths", "num_workers"} <= set(size)
         else:
