@@ -7,6 +7,8 @@ Two readings of "does this change help?":
 - `epochs_to_target` (notebooks 05, 07) reads, from accuracy against training length, how many
   epochs a setting needs to reach a target accuracy: airbench reports each trick as epochs saved
   to a target, Page's posts as time to 94%.
+- `sweep_table` (notebook 07) reads a sweep the same way: the fastest point that reaches the target,
+  each point with its spread over seeds.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from scipy.optimize import isotonic_regression
 
 from .config import TrainConfig
 from .runs import RunsResult, run_many
-from .stats import NA, paired_difference, verdict
+from .stats import NA, paired_difference, summarize_accuracies, verdict
 
 BASE = "base"   # the name of the reference row in a comparison table
 COLUMNS = ["setting", "runs", "accuracy", "difference", "ci_low", "ci_high", "p_value", "verdict", "seconds"]
@@ -131,3 +133,37 @@ def target_table(curves: dict[str, tuple], target: float) -> pd.DataFrame:
         rows.append(dict(setting=name, epochs_to_target="not reached" if need is None else need,
                          epochs_saved=NA if saved is None else saved))
     return pd.DataFrame(rows, columns=["setting", "epochs_to_target", "epochs_saved"])
+
+
+def mean_curve(results: dict[str, RunsResult], knob: str = "epochs") -> tuple[list, list]:
+    """(values of `knob`, mean accuracy over seeds) of a sweep (`runs.sweep`), for `epochs_to_target`.
+
+    A point with no finished run is left out.
+    """
+    points = [(getattr(r.config, knob), _mean(r.accuracies)) for r in results.values() if r.accuracies]
+    return [x for x, _ in points], [a for _, a in points]
+
+
+def sweep_table(results: dict[str, RunsResult], target: float) -> pd.DataFrame:
+    """One row per point of a sweep (`runs.sweep`): mean accuracy over its seeds with its 95% interval,
+    mean training seconds, whether the mean reaches `target`, and `fastest`: the point with the fewest
+    seconds among those that reach it (notebook 07).
+
+    A sweep then answers the records' question, the cheapest setting that is good enough (Page's
+    posts: time to 94%), not "which point scored highest", which in an epochs sweep is merely the
+    longest run. Undefined entries (one seed has no interval; no finished run) are "n/a", never NaN.
+    """
+    rows = []
+    for name, result in results.items():
+        row = dict(setting=name, runs=len(result.accuracies), accuracy=NA, ci_low=NA, ci_high=NA, seconds=NA,
+                   reaches=False)
+        if result.accuracies:
+            s = summarize_accuracies(result.accuracies, target)
+            row.update(accuracy=s["mean"], ci_low=s["ci95_low"], ci_high=s["ci95_high"],
+                       seconds=_mean([r.train_seconds for r in result.finished]), reaches=s["mean"] >= target)
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=["setting", "runs", "accuracy", "ci_low", "ci_high", "seconds", "reaches"])
+    reaching = [i for i in table.index if table.at[i, "reaches"]]
+    fastest = min(reaching, key=lambda i: table.at[i, "seconds"], default=None)
+    table["fastest"] = [i == fastest for i in table.index]
+    return table

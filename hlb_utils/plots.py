@@ -157,23 +157,44 @@ def plot_spread(accuracies, target: float = 0.94, title: str | None = None):
 
 
 def plot_sweep(table, knob: str, target: float = 0.94):
-    """Accuracy against training seconds, one labelled point per row of a results table (notebook 07).
+    """Accuracy against training seconds, one labelled point per row of a sweep's table (notebook 07).
 
-    `table` is `notebook.results_table(...)` of one sweep. The target line is drawn once the sweep
-    comes within 4 points of it.
+    `table` is `notebook.results_table(...)` of one sweep, or `compare.sweep_table(...)`: then each
+    point carries its 95% interval over seeds as an error bar, and the fastest point that reaches
+    the target is ringed. The target line is drawn once the sweep comes within 4 points of it.
     """
+    from .stats import NA
+
     if len(table) == 0:
         raise ValueError(f"no runs of the {knob} sweep to plot yet: run the sweep cell first "
                          "(the config cell starts a new, empty sweep)")
+    names = table["setting"] if "setting" in table else table["change"]
+    shown = table[table["accuracy"] != NA]   # a point with no finished run has nothing to draw
+    seconds, accuracy = shown["seconds"].astype(float), shown["accuracy"].astype(float)
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    ax.plot(table["seconds"], table["accuracy"], "o-")
-    for _, row in table.iterrows():
-        ax.annotate(row["change"], (row["seconds"], row["accuracy"]), fontsize=8)
-    if table["accuracy"].max() > target - 0.04:
-        ax.axhline(target, ls="--", color="grey", label=f"target {target:.0%}")
-        ax.legend()
-    ax.set(xlabel="training seconds", ylabel="test accuracy", title=f"sweep of {knob}")
+    ax.plot(seconds, accuracy, "o-")
+    for name, x, y in zip(names[shown.index], seconds, accuracy):
+        ax.annotate(name, (x, y), fontsize=8)
+    if "ci_low" in shown:
+        spread = shown[shown["ci_low"] != NA]
+        if len(spread):
+            mean = spread["accuracy"].astype(float)
+            ax.errorbar(spread["seconds"].astype(float), mean, fmt="none", ecolor="C0", capsize=3,
+                        yerr=[mean - spread["ci_low"].astype(float), spread["ci_high"].astype(float) - mean])
+    legend = False
+    if "fastest" in shown and shown["fastest"].any():
+        best = shown[shown["fastest"].astype(bool)]
+        ax.scatter(best["seconds"].astype(float), best["accuracy"].astype(float), s=200, facecolors="none",
+                   edgecolors="C3", linewidths=2, label="fastest to reach the target", zorder=3)
+        legend = True
+    if len(accuracy) and accuracy.max() > target - 0.04:
+        ax.axhline(target, ls="--", color="grey", label=f"target {target:.1%}")
+        legend = True
+    if legend:
+        ax.legend(fontsize=8)
+    ax.set(xlabel="training seconds", ylabel="test accuracy" + (" (mean, 95% interval)" if "ci_low" in table else ""),
+           title=f"sweep of {knob}")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
@@ -208,12 +229,13 @@ def plot_paired_differences(table):
     return fig
 
 
-def plot_epochs_to_target(curves: dict, target: float):
+def plot_epochs_to_target(curves: dict, target: float, runs: dict | None = None):
     """Accuracy against training length per setting, with the epochs each needs to reach `target`.
 
     `curves` maps a name to (epochs, accuracies), the first being the base; arrows at the target
     line show the epochs each other setting saves, the way airbench reports its tricks (notebooks
-    05 and 07). The read-off is `compare.epochs_to_target`.
+    05 and 07). The read-off is `compare.epochs_to_target`. `runs` (optional) maps the same names to
+    (epochs, accuracies) of every single run, drawn as faint dots: the spread the curves average over.
     """
     from .compare import epochs_to_target
 
@@ -230,6 +252,8 @@ def plot_epochs_to_target(curves: dict, target: float):
             ax.annotate("", xy=(need, target), xytext=(base_need, target),
                         arrowprops=dict(arrowstyle="->", color=color, lw=2))
         ax.plot(epochs, accs, "o-", color=color, label=f"{name}: {text}")
+        if runs and name in runs:
+            ax.scatter(*runs[name], s=12, color=color, alpha=0.4)
         if need is not None:
             ax.axvline(need, color=color, ls=":", lw=1)
     ax.set(xlabel="training length (epochs; each point its own run)", ylabel="test accuracy",

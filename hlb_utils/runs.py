@@ -163,16 +163,18 @@ def run_many(cfg: TrainConfig, data, runs: int = 5, target: float = 0.94, warmup
 
 
 def sweep(cfg: TrainConfig, data, knob: str, values: list, runs: int = 1, target: float = 0.94,
-          cluster: str | None = None, verbose: bool = True) -> dict[str, RunsResult]:
+          cluster: str | None = None, verbose: bool = True,
+          train_fn: Callable[..., TrainResult] = train) -> dict[str, RunsResult]:
     """Train `runs` seeds at each value of one config field (notebook 07); keys are "knob=value".
 
     On a cluster every run of every value is its own task, so the whole sweep spreads at once.
+    `train_fn` trains one run, as in `run_many` (a wrapper can swap a piece of the recipe).
     """
     variants = {f"{knob}={value}": cfg.replace(**{knob: value}) for value in values}
     if cluster is None:
         out = {}
         for name, variant in variants.items():
-            out[name] = run_many(variant, data, runs=runs, target=target, verbose=False)
+            out[name] = run_many(variant, data, runs=runs, target=target, verbose=False, train_fn=train_fn)
             if verbose:
                 s = out[name].summary.iloc[0]
                 if s["runs"]:
@@ -183,7 +185,7 @@ def sweep(cfg: TrainConfig, data, knob: str, values: list, runs: int = 1, target
     from .cluster import run_on_cluster
 
     configs = [v.replace(seed=v.seed + i) for v in variants.values() for i in range(runs)]
-    outcome = run_on_cluster(configs, data, cluster, verbose=verbose)
+    outcome = run_on_cluster(configs, data, cluster, verbose=verbose, train_fn=train_fn)
     return {name: _collect(variant, outcome, target, range(k * runs, (k + 1) * runs))
             for k, (name, variant) in enumerate(variants.items())}
 

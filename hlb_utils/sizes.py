@@ -82,13 +82,20 @@ _NOTEBOOK_SIZES: dict[str, dict[str, Any]] = {
     # a GPU; on a CPU one the short runs reach about half the time (over twenty seeds: benchmarks/NOTES.md)
     "record_runs": dict(default=5, cpu=10, quick=2),
     "spread_target": dict(default=0.94, cpu=0.49, quick=0.35),
-    # 07: changes to the profile's recipe for each sweep run; at full size on a CPU, epochs mean the
-    # same as in the profile
-    "sweep": dict(default={}, cpu=dict(train_subset=10_000, test_subset=5000, low_res=0),
-                  quick=dict(train_subset=1000, test_subset=500)),
-    # 07: the epochs its default sweep tries, and the seeds that confirm the best point
-    "sweep_epochs": dict(default=[5, 6, 7, 8, 9, 10], seed=[6, 8, 10, 12], cpu=[1, 2, 4], quick=[1, 2]),
-    "confirm_runs": dict(default=5, seed=3, cpu=2, quick=2),
+    # 07: changes to the profile's recipe for each run of the sweep and the epochs-to-target curves:
+    # evaluated once, at the end; on a CPU few images, full resolution (each length its own short run) and
+    # no test-time augmentation, which every setting would share
+    "sweep": dict(default=dict(eval_every=0),
+                  cpu=dict(train_subset=3000, test_subset=2000, batch_size=250, low_res=0, eval_every=0,
+                           tta="none"),
+                  quick=dict(train_subset=1000, test_subset=500, eval_every=0, tta="none")),
+    # 07: the training lengths (epochs) of its default sweep and of each epochs-to-target curve
+    "sweep_epochs": dict(default=[4, 6, 8, 10, 12], seed=[6, 8, 10, 12], cpu=[1, 2, 4], quick=[1, 2]),
+    # 07: seeds per point of the sweep (its mean and interval), and new seeds that confirm the fastest point
+    "sweep_seeds": dict(default=5, seed=3, cpu=2, quick=2),
+    "confirm_runs": dict(default=10, seed=5, cpu=3, quick=2),
+    # 07: the accuracy a setting must reach; on a CPU one that the short recipe reaches within its lengths
+    "sweep_target": dict(default=0.94, cpu=0.5, quick=0.22),
 }
 NOTEBOOK_SIZE_NAMES = tuple(_NOTEBOOK_SIZES)
 

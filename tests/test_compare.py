@@ -77,3 +77,28 @@ def test_compare_settings_trains_every_setting_on_the_same_seeds(synthetic):
     assert (same["difference"], same["ci_low"], same["ci_high"], same["verdict"]) == (0.0, 0.0, 0.0, "within noise")
     with pytest.raises(ValueError, match="seed"):
         compare.compare_settings(cfg, {"bad": dict(seed=3)}, synthetic, seeds=2, verbose=False)
+
+
+def _at(epochs: float, accs: dict, seconds: float = 1.0) -> runs.RunsResult:
+    """A finished series of the quick profile at `epochs`, one run per seed: accuracy, seconds."""
+    cfg = get_profile("quick", epochs=epochs)
+    return runs.RunsResult(cfg, [TrainResult(cfg.replace(seed=s), pd.DataFrame(), a, seconds * epochs)
+                                 for s, a in accs.items()])
+
+
+def test_sweep_table_answers_the_fastest_point_that_reaches_the_target_not_the_most_accurate():
+    swept = {"epochs=1": _at(1, {0: 0.60, 1: 0.64}), "epochs=2": _at(2, {0: 0.71, 1: 0.73}),
+             "epochs=4": _at(4, {0: 0.80, 1: 0.82}), "epochs=8": _at(8, {}),   # nothing finished there
+             "epochs=3": _at(3, {0: 0.74})}   # one seed: no interval
+    table = compare.sweep_table(swept, 0.7)
+    assert list(table["setting"][table["fastest"]]) == ["epochs=2"]   # not epochs=4, the most accurate
+    assert list(table["reaches"]) == [False, True, True, False, True]
+    row = table.set_index("setting").loc["epochs=2"]
+    assert row["accuracy"] == pytest.approx(0.72) and row["seconds"] == pytest.approx(2.0)
+    assert row["ci_low"] < 0.72 < row["ci_high"]
+    assert table.set_index("setting").loc["epochs=3", "ci_low"] == "n/a"
+    assert table.set_index("setting").loc["epochs=8", "accuracy"] == "n/a"
+    assert not table.isna().any().any()
+    assert not compare.sweep_table(swept, 0.9)["fastest"].any()   # nobody reaches 90%
+    assert compare.mean_curve(swept) == ([1, 2, 4, 3], [pytest.approx(0.62), pytest.approx(0.72),
+                                                        pytest.approx(0.81), 0.74])

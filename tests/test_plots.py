@@ -178,3 +178,24 @@ def test_loss_and_lr_read_a_runs_steps_with_its_epochs():
     assert list(ax.lines[0].get_ydata()) == list(steps["loss"]) and list(ax_lr.lines[0].get_ydata()) == list(steps["lr"])
     assert [line.get_xdata()[0] for line in ax.lines[1:]] == [3]   # where epoch 2 starts
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["training loss", "learning rate"]
+
+
+def test_sweep_draws_each_points_interval_and_rings_the_fastest_to_the_target():
+    series = {f"epochs={e}": runs.RunsResult(get_profile("quick", epochs=e), [
+        TrainResult(get_profile("quick", epochs=e, seed=s), pd.DataFrame(), a + 0.05 * e, float(e))
+        for s, a in enumerate((0.6, 0.62))]) for e in (1, 2, 4)}
+    table = compare.sweep_table(series, 0.7)
+    ax, = rendered(plots.plot_sweep(table, "epochs", 0.7)).axes
+    assert [t.get_text() for t in ax.texts] == ["epochs=1", "epochs=2", "epochs=4"]
+    assert list(ax.lines[0].get_xdata()) == [1.0, 2.0, 4.0]
+    assert len(ax.containers) == 1   # the error bars
+    ringed = ax.collections[-1].get_offsets()
+    assert [list(p) for p in ringed] == [[2.0, pytest.approx(0.71)]]   # epochs=2: the first mean at 70%
+    assert "fastest to reach the target" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_epochs_to_target_draws_every_single_run_as_a_dot():
+    curves = {"base": ([1, 2], [0.5, 0.7]), "other": ([1, 2], [0.4, 0.6])}
+    single = {"base": ([1, 1, 2, 2], [0.48, 0.52, 0.69, 0.71]), "other": ([1, 1, 2, 2], [0.4, 0.4, 0.6, 0.6])}
+    ax, = rendered(plots.plot_epochs_to_target(curves, 0.6, runs=single)).axes
+    assert [len(c.get_offsets()) for c in ax.collections] == [4, 4]

@@ -26,6 +26,8 @@ def test_every_notebook_size_is_valid_in_every_profile(profile):
             assert size and all(swept.replace(epochs=e).epochs == e for e in size)
         elif name == "spread_target":
             assert isinstance(size, float) and 0 < size < 1, (name, size)
+        elif name == "sweep_target":
+            assert 0 < size < 1, (name, size)
         elif name == "baseline":
             assert {"subset", "epochs", "widths", "num_workers"} <= set(size)
         elif name == "ablation_skip":
