@@ -13,10 +13,12 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 
+import pandas as pd
 import torch
 
 from .device import Timer
 from .progress import LiveTable
+from .stats import NA
 
 # The columns of a run's history and of its live table.
 COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "ema_acc", "tta_acc", "train_seconds"]
@@ -122,3 +124,10 @@ class EpochLog:
         if not math.isfinite(loss.item()):
             raise TrainingDiverged(f"the loss became {loss.item()} {where}",
                                    {"lr": float(f"{self.cfg.lr / 2:.3g}")}, step)
+
+
+def readable(history: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
+    """A run's history as a table to read (notebooks 00 and 06): rounded, without the columns that hold
+    no value at all (`ema_acc` when there is no weight average), and "n/a" where an epoch has no value
+    (no test that epoch, see `eval_every`) instead of NaN."""
+    return history.dropna(axis=1, how="all").round(digits).astype(object).fillna(NA)

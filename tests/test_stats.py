@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from hlb_utils import runs, stats
+from hlb_utils import history, runs, stats
 from hlb_utils.config import get_profile
 from hlb_utils.train import TrainResult
 
@@ -102,3 +102,12 @@ def test_a_series_summary_prints_no_nan():
     assert not two.isna().any() and two["mean_seconds"] == 1.5
     for summary in (_series([0.5]).summary, _series([]).summary):
         assert not summary.isna().any(axis=None) and "nan" not in summary.to_string().lower()
+
+
+def test_a_history_reads_n_a_where_an_epoch_was_not_tested():
+    table = pd.DataFrame(dict(epoch=[1, 2], train_loss=[1.23456, 0.9], test_acc=[math.nan, 0.51234],
+                              ema_acc=[math.nan, math.nan]))
+    shown = history.readable(table)
+    assert list(shown.columns) == ["epoch", "train_loss", "test_acc"]   # no weight average: no column
+    assert shown["test_acc"].tolist() == [stats.NA, 0.5123] and shown["train_loss"].tolist() == [1.2346, 0.9]
+    assert "nan" not in shown.to_string().lower()
