@@ -23,6 +23,20 @@ from synthetic import synthetic_dataset
 os.environ.setdefault("HLB_STRICT_CHECKS", "1")
 
 
+def pytest_addoption(parser):
+    parser.addoption("--data-only", action="store_true",
+                     help="run only the real-data tests (those that use the `replica` fixture): CI runs "
+                          "the rest first, without HLB_DATA, and need not run them twice")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--data-only"):
+        return
+    keep = [item for item in items if "replica" in getattr(item, "fixturenames", ())]
+    config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+    items[:] = keep
+
+
 @pytest.fixture(autouse=True)
 def torch_config_as_found():
     """Every test leaves dynamo's global config as it found it (the library raises its recompile
