@@ -315,7 +315,7 @@ def _check_07(s):
 CONFIG_CHANGES = {
     "00_quickstart": Change(
         lambda src: src.replace("cfg = hu.config.get_profile()", "cfg = hu.config.get_profile().replace(epochs=1)"),
-        ("result.history.round", "plot_curves", "results_table"),
+        ("history.readable(result.history)", "plot_curves", "results_table"),
         _json("dict(trained=result.config.epochs, last_epoch=float(result.history['epoch'].iloc[-1]))"),
         _check_00),
     "01_data_pipeline": Change(
