@@ -1,0 +1,180 @@
+"""The `cpu` profile's frontier: test accuracy against wall minutes for candidate changes of the profile.
+
+Why: the `cpu` profile is the run every learner without a GPU trains (notebooks 00 and 06), sized to
+12 minutes of wall time on 2 CPU cores. The record's recipe was tuned for an A100; on two cores other
+trade-offs may win (smaller batches for more steps, more epochs at low resolution, other widths). Each
+candidate is `python -m hlb_utils train --profile cpu --set ...`, timed as a learner would time it
+(the whole command: start, loading, training, evaluations, TTA, records), one seed after another:
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/cpu_frontier.py --data ../shared/data/cifar10-jpeg.tar.gz
+    python benchmarks/cpu_frontier.py --report          # table (markdown) and figure from the CSV
+
+Every finished run is appended at once to `benchmarks/results/cpu-frontier.csv`, so a call cut short
+loses only the run in flight, and a later call skips the (candidate, seed) pairs already there. Run it
+on a quiet machine: another busy process on two cores slows torch several-fold. The figure (median
+accuracy against median wall minutes, each point's seed range as bars, the target's corner shaded)
+goes to `docs/figures/cpu-frontier.png`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CSV = REPO / "benchmarks" / "results" / "cpu-frontier.csv"
+FIGURE = REPO / "docs" / "figures" / "cpu-frontier.png"
+FIELDS = ["date", "candidate", "changes", "seed", "test_accuracy", "train_seconds", "wall_seconds",
+          "load_before", "code"]
+TARGET_ACCURACY, TARGET_MINUTES = 0.895, 12.0
+
+# Each candidate: the `--set` changes on top of the `cpu` profile as it stands ("" is the profile itself).
+# All but the first evaluate only at the end (eval_every=0): the evaluations between epochs change no
+# weight, and on two cores they cost about 5 s each.
+CANDIDATES: dict[str, str] = {
+    "profile": "",
+    "eval at end only": "eval_every=0",
+    "12 epochs (11 at 24 px)": "epochs=12 low_res_epochs=11 eval_every=0",
+    "batch 250": "batch_size=250 eval_every=0",
+    "label smoothing 0.2": "label_smoothing=0.2 eval_every=0",
+    "widths 32-160-160, 8 epochs (7 at 24 px)": "widths=32,160,160 epochs=8 low_res_epochs=7 eval_every=0",
+    "14 epochs (13 at 20 px)": "epochs=14 low_res=20 low_res_epochs=13 eval_every=0",
+    "batch 250, 12 epochs (11 at 24 px)": "batch_size=250 epochs=12 low_res_epochs=11 eval_every=0",
+}
+
+
+def done_runs() -> set[tuple[str, int]]:
+    if not CSV.exists():
+        return set()
+    with CSV.open() as f:
+        return {(row["candidate"], int(row["seed"])) for row in csv.DictReader(f)}
+
+
+def code_version() -> str:
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_one(name: str, seed: int, data: str, profile: str = "cpu") -> dict:
+    """One `train --profile cpu` command, timed from outside; its accuracy read from its runs.csv."""
+    sets = CANDIDATES[name].split() + [f"seed={seed}"]
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, "-m", "hlb_utils", "train", "--profile", profile, "--data", data, "--out", out,
+               "--quiet"] + [a for s in sets for a in ("--set", s)]
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise SystemExit(f"{name} seed {seed} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+        with open(Path(out) / "runs.csv") as f:
+            row = next(csv.DictReader(f))
+    return dict(date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), candidate=name,
+                changes=CANDIDATES[name] or "(none)", seed=seed,
+                test_accuracy=f"{float(row['test_accuracy']):.4f}",
+                train_seconds=f"{float(row['train_seconds']):.1f}", wall_seconds=f"{wall:.1f}",
+                load_before=f"{load:.2f}", code=code_version())
+
+
+def append(row: dict) -> None:
+    CSV.parent.mkdir(parents=True, exist_ok=True)
+    new = not CSV.exists()
+    with CSV.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def summary():
+    """One row per candidate: seeds, median and range of accuracy, median wall and training seconds."""
+    import pandas as pd
+    runs = pd.read_csv(CSV)
+    table = runs.groupby("candidate", sort=False).agg(
+        changes=("changes", "first"), seeds=("seed", "count"), median=("test_accuracy", "median"),
+        low=("test_accuracy", "min"), high=("test_accuracy", "max"),
+        wall=("wall_seconds", "median"), train=("train_seconds", "median"))
+    return table.reset_index()
+
+
+def markdown(table) -> str:
+    lines = ["| candidate | changes (`--set`) | seeds | median accuracy (range) | median wall | median training |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in table.itertuples():
+        lines.append(f"| {r.candidate} | `{r.changes}` | {r.seeds} | {100 * r.median:.2f}% "
+                     f"({100 * r.low:.2f}-{100 * r.high:.2f}) | {r.wall / 60:.1f} min | {r.train:.0f} s |")
+    return "\n".join(lines)
+
+
+def plot(table, path: Path = FIGURE) -> Path:
+    """Median accuracy against median wall minutes; bars span the seeds; the target's corner shaded."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.axvspan(0, TARGET_MINUTES, ymin=0, ymax=1, color="0.95")
+    ax.axhline(100 * TARGET_ACCURACY, color="tab:green", ls="--", lw=1, label="target: 89.5% in 12 min")
+    ax.axvline(TARGET_MINUTES, color="tab:green", ls="--", lw=1)
+    for r in table.itertuples():
+        x, y = r.wall / 60, 100 * r.median
+        ax.errorbar(x, y, yerr=[[y - 100 * r.low], [100 * r.high - y]], fmt="o",
+                    color="tab:blue" if r.seeds >= 3 else "tab:gray", capsize=3)
+        ax.annotate(f"{r.candidate} ({r.seeds})", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    ax.set_xlabel("wall minutes, `python -m hlb_utils train --profile cpu` (median over seeds)")
+    ax.set_ylabel("test accuracy, selective TTA (%)")
+    ax.set_title("The `cpu` profile's candidates on 2 CPU cores, a JPEG copy of CIFAR-10\n"
+                 "(blue: 3 seeds, grey: fewer; bars: the seeds' range; seeds in brackets)", fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    global CSV
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=os.environ.get("HLB_DATA"), help="CIFAR-10 source (default: HLB_DATA)")
+    p.add_argument("--only", default="", help="comma-separated candidate names (default: all, in order)")
+    p.add_argument("--seeds", default="0,1,2", help="seeds of each candidate (default: 0,1,2)")
+    p.add_argument("--profile", default="cpu", help="the profile the candidates change (quick: a smoke test)")
+    p.add_argument("--csv", type=Path, default=CSV, help=f"results file (default: {CSV.relative_to(REPO)})")
+    p.add_argument("--report", action="store_true", help="print the table and draw the figure; train nothing")
+    args = p.parse_args(argv)
+    CSV = args.csv
+    if not args.report:
+        names = [n.strip() for n in args.only.split(",") if n.strip()] or list(CANDIDATES)
+        unknown = [n for n in names if n not in CANDIDATES]
+        if unknown:
+            p.error(f"unknown candidates {unknown}; known: {list(CANDIDATES)}")
+        if not args.data:
+            p.error("--data (or HLB_DATA) is needed to train")
+        seeds = [int(s) for s in args.seeds.split(",")]
+        done = done_runs()
+        for name in names:
+            for seed in seeds:
+                if (name, seed) in done:
+                    continue
+                row = run_one(name, seed, args.data, args.profile)
+                append(row)
+                print(f"{name:45s} seed {seed}: {row['test_accuracy']}  wall {row['wall_seconds']} s  "
+                      f"training {row['train_seconds']} s  (load before {row['load_before']})", flush=True)
+    if CSV.exists():
+        table = summary()
+        print(markdown(table))
+        if args.profile == "cpu":
+            print(f"figure: {plot(table)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
