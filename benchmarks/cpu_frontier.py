@@ -43,9 +43,9 @@ CANDIDATES: dict[str, str] = {
     "12 epochs (11 at 24 px)": "epochs=12 low_res_epochs=11 eval_every=0",
     "batch 250": "batch_size=250 eval_every=0",
     "label smoothing 0.2": "label_smoothing=0.2 eval_every=0",
-    "widths 32-160-160, 8 epochs (7 at 24 px)": "widths=32,160,160 epochs=8 low_res_epochs=7 eval_every=0",
+    "widths 32-160-160 + 8 epochs (7 at 24 px)": "widths=32,160,160 epochs=8 low_res_epochs=7 eval_every=0",
     "14 epochs (13 at 20 px)": "epochs=14 low_res=20 low_res_epochs=13 eval_every=0",
-    "batch 250, 12 epochs (11 at 24 px)": "batch_size=250 epochs=12 low_res_epochs=11 eval_every=0",
+    "batch 250 + 12 epochs (11 at 24 px)": "batch_size=250 epochs=12 low_res_epochs=11 eval_every=0",
 }
 
 
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     global CSV
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=os.environ.get("HLB_DATA"), help="CIFAR-10 source (default: HLB_DATA)")
-    p.add_argument("--only", default="", help="comma-separated candidate names (default: all, in order)")
+    p.add_argument("--only", default="", help="comma-separated candidate names (none holds a comma) (default: all, in order)")
     p.add_argument("--seeds", default="0,1,2", help="seeds of each candidate (default: 0,1,2)")
     p.add_argument("--profile", default="cpu", help="the profile the candidates change (quick: a smoke test)")
     p.add_argument("--csv", type=Path, default=CSV, help=f"results file (default: {CSV.relative_to(REPO)})")
