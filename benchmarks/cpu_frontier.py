@@ -46,6 +46,9 @@ CANDIDATES: dict[str, str] = {
     "widths 32-160-160 + 8 epochs (7 at 24 px)": "widths=32,160,160 epochs=8 low_res_epochs=7 eval_every=0",
     "14 epochs (13 at 20 px)": "epochs=14 low_res=20 low_res_epochs=13 eval_every=0",
     "batch 250 + 12 epochs (11 at 24 px)": "batch_size=250 epochs=12 low_res_epochs=11 eval_every=0",
+    "10 epochs (5 at 24 px)": "low_res_epochs=5 eval_every=0",
+    "12 epochs (8 at 24 px)": "epochs=12 low_res_epochs=8 eval_every=0",
+    "widths 32-160-160 + 9 epochs (6 at 24 px)": "widths=32,160,160 epochs=9 low_res_epochs=6 eval_every=0",
 }
 
 
