@@ -78,6 +78,8 @@ class TrainConfig:
     cutout: int = 0                   # side of the blanked square in pixels, 0..32
     low_res: int = 0                  # progressive resizing: train the first epochs at this size (pixels, 0 = off)
     low_res_epochs: float = 0.0       # ... for this many epochs, then at full size, >= 0
+    first_res: int = 0                # a first, smaller stage: the first epochs at this size (pixels, 0 = off), 8..low_res
+    first_res_epochs: float = 0.0     # ... for this many of the low_res_epochs, then at low_res, >= 0
     brightness: float = 0.0           # per image and epoch, add a shift uniform in +-brightness (normalised units), 0..1
     contrast: float = 0.0             # ... then scale by a factor uniform in 1 +- contrast, 0..1
     whiten_images: int = 5000         # training images whose patches set the whitening filters, 1..50000
@@ -153,6 +155,7 @@ _RANGES = {
     "start_lr": (0.0, 10.0), "end_lr": (0.0, 10.0), "whiten_bias_epochs": (0.0, 1000.0),
     "ema_decay": (0.0, 1.0), "ema_every": (1, 10000), "ema_epochs": (0.0, 1000.0),
     "eval_every": (0, 1000), "low_res": (0, 32), "low_res_epochs": (0.0, 1000.0),
+    "first_res": (0, 32), "first_res_epochs": (0.0, 1000.0),
     "brightness": (0.0, 1.0), "contrast": (0.0, 1.0), "whiten_images": (1, 50000),
     "filter_weight_decay": (0.0, 1.0), "renorm_every": (1, 10000), "renorm_growth": (0.0, 10000.0),
 }
@@ -184,6 +187,13 @@ def _validate(cfg: TrainConfig) -> None:
         raise ValueError(f"TrainConfig.low_res_epochs={cfg.low_res_epochs:g} is more than epochs={cfg.epochs:g}: "
                          f"the whole run would train at {cfg.low_res} px; change both, e.g. "
                          f".replace(epochs={cfg.epochs:g}, low_res_epochs={0.7 * cfg.epochs:.3g}), or set low_res=0")
+    if cfg.first_res and not (cfg.low_res and 8 <= cfg.first_res <= cfg.low_res):
+        raise ValueError(f"TrainConfig.first_res={cfg.first_res} needs progressive resizing (low_res > 0) and a "
+                         f"size from 8 to low_res={cfg.low_res} pixels; or set first_res=0")
+    if cfg.first_res and cfg.first_res_epochs > cfg.low_res_epochs:
+        raise ValueError(f"TrainConfig.first_res_epochs={cfg.first_res_epochs:g} is more than "
+                         f"low_res_epochs={cfg.low_res_epochs:g}: the first stage is part of the low-resolution "
+                         f"epochs; raise low_res_epochs or lower first_res_epochs")
     if len(cfg.ns_coeffs) != 3 or not all(isinstance(c, (int, float)) for c in cfg.ns_coeffs):
         raise ValueError(f"TrainConfig.ns_coeffs={cfg.ns_coeffs!r} must be three numbers (a, b, c)")
     for name in ("train_subset", "test_subset"):

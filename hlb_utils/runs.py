@@ -251,9 +251,12 @@ def run_flops(cfg, n_train: int = 50_000, n_test: int = 10_000) -> dict:
     steps_per_epoch = cfg.steps_per_epoch(n_train)
     steps = round(cfg.epochs * steps_per_epoch)
     small = min(steps, round(cfg.low_res_epochs * steps_per_epoch)) if cfg.low_res else 0
+    first = min(small, round(cfg.first_res_epochs * steps_per_epoch)) if cfg.first_res else 0
     # two images: at small sizes the last group is 1x1, and BatchNorm cannot train on a single value
     small_per_image = count_flops(net, batch=2, train=True, image_size=cfg.low_res) // 2 if small else 0
-    train_flops = cfg.batch_size * ((steps - small) * per_image + small * small_per_image)
+    first_per_image = count_flops(net, batch=2, train=True, image_size=cfg.first_res) // 2 if first else 0
+    train_flops = cfg.batch_size * ((steps - small) * per_image + (small - first) * small_per_image
+                                    + first * first_per_image)
     forward = count_flops(net, train=False)
     views = tta_passes(cfg.tta)
     evals = math.ceil(cfg.epochs / cfg.eval_every) if cfg.eval_every else 1

@@ -104,6 +104,7 @@ class Plan:
     whiten: int       # the whitening bias trains for the first `whiten` steps
     low_res: int      # the first `low_res` steps see small images (progressive resizing)
     ema_start: int    # weight averaging starts after this step
+    first_res: int = 0   # the first `first_res` of them see smaller images still
 
     @property
     def epochs(self) -> int:
@@ -119,7 +120,9 @@ def plan_steps(cfg: TrainConfig, steps_per_epoch: int) -> Plan:
     # ceil, as the anchors count it (hiverge: ceil(0.19 * 32) = 7 steps); round() first drops float noise
     whiten = math.ceil(round(cfg.whiten_bias_epochs * steps_per_epoch, 6))
     low_res = round(cfg.low_res_epochs * steps_per_epoch) if cfg.low_res else 0
-    return Plan(steps_per_epoch, total, whiten, low_res, total - round(cfg.ema_epochs * steps_per_epoch))
+    first_res = round(cfg.first_res_epochs * steps_per_epoch) if cfg.first_res else 0
+    return Plan(steps_per_epoch, total, whiten, low_res, total - round(cfg.ema_epochs * steps_per_epoch),
+                first_res)
 
 
 def set_lrs(optimizers, cfg: TrainConfig, step: int, total: int, whiten_steps: int,
@@ -192,7 +195,9 @@ def train_loop(cfg: TrainConfig, plan: Plan, net: nn.Module, forward: Callable, 
                     if step == plan.whiten:   # the whitening bias has learned its part: no gradient from here on
                         stop_gradient(whitening_bias(optimizers))
                     lr = set_lrs(optimizers, cfg, step, plan.total, plan.whiten, schedule)
-                    if step < plan.low_res:
+                    if step < plan.first_res:
+                        x = shrink(x, cfg.first_res)
+                    elif step < plan.low_res:
                         x = shrink(x, cfg.low_res)
                     loss, logits = forward(x, y)
                     loss.backward()
@@ -388,7 +393,8 @@ def _first_batches(loader: DeviceLoader, cfg: TrainConfig, plan: Plan) -> list:
     back to its first epoch, so the run sees the same data as without a warm-up."""
     x, y = next(iter(loader))
     loader.reset()
-    return [(x, y)] + ([(shrink(x, cfg.low_res), y)] if plan.low_res else [])
+    sizes = ([cfg.low_res] if plan.low_res else []) + ([cfg.first_res] if plan.first_res else [])
+    return [(x, y)] + [(shrink(x, size), y) for size in dict.fromkeys(sizes)]
 
 
 def _peak_memory_mb(device) -> float | None:

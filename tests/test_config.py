@@ -186,6 +186,18 @@ def test_every_profile_makes_the_optimisers_it_made_before(profile):
             assert math.isclose(group["weight_decay"] * group["lr"], expected["decay"], rel_tol=1e-12)
 
 
+def test_first_res_is_a_smaller_stage_inside_the_low_resolution_epochs():
+    cfg = C.get_profile("cpu", first_res=16, first_res_epochs=3)
+    assert (cfg.first_res, cfg.first_res_epochs, cfg.low_res) == (16, 3, 24)
+    with pytest.raises(ValueError, match=r"first_res=16 needs progressive resizing \(low_res > 0\)"):
+        C.get_profile("cpu", low_res=0, first_res=16, first_res_epochs=3)
+    with pytest.raises(ValueError, match=r"first_res=28 .* a size from 8 to low_res=24 pixels"):
+        C.get_profile("cpu", first_res=28, first_res_epochs=3)
+    with pytest.raises(ValueError, match=r"first_res_epochs=8 is more than low_res_epochs=7"):
+        C.get_profile("cpu", first_res=16, first_res_epochs=8)
+    assert C.get_profile("cpu", first_res_epochs=9).first_res_epochs == 9   # off (first_res=0): nothing to refuse
+
+
 def test_low_res_epochs_must_leave_full_size_epochs():
     # Halving `epochs` alone must not silently train the whole run at low resolution (issue 21).
     with pytest.raises(ValueError, match=r"low_res_epochs=7 is more than epochs=5: the whole run would train at 24 px; "

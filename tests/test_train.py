@@ -107,6 +107,33 @@ def test_mixed_precision_path_learns(synthetic):
     assert res.test_accuracy > 0.5  # chance is 0.1
 
 
+def test_progressive_resizing_stages_show_the_net_each_size_for_its_steps(synthetic):
+    # first_res: a first, smaller stage inside the low-resolution epochs (2 steps at 16 px, 2 at 24, 4 at 32)
+    cfg = tiny_cfg(epochs=2, train_subset=400, low_res=24, low_res_epochs=1, first_res=16, first_res_epochs=0.5,
+                   tta="none", eval_every=0)
+    plan = train.plan_steps(cfg, cfg.steps_per_epoch(len(synthetic.train_labels)))
+    assert (plan.first_res, plan.low_res, plan.total) == (2, 4, 8)
+    seen = []
+
+    class Sizes(torch.nn.Module):
+        """A small net that notes the size of each training batch it sees."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Linear(8, 10)
+
+        def forward(self, x):
+            if self.training:
+                seen.append(x.shape[-1])
+            return self.head(self.conv(x).amax((2, 3)))
+
+    train.train(cfg, synthetic, model=Sizes(), verbose=False)
+    assert seen == [16, 16, 24, 24, 32, 32, 32, 32]
+    seen.clear()
+    train.train(cfg.replace(first_res=0), synthetic, model=Sizes(), verbose=False)   # off: one small stage
+    assert seen == [24] * 4 + [32] * 4
+
+
 def test_user_model_trains(synthetic):
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
@@ -306,7 +333,8 @@ def test_interrupt_keeps_history(synthetic, monkeypatch):
 @pytest.mark.parametrize("field,value", [("batch_size", 0), ("lr", -1.0), ("flip", "sideways"),
                                          ("widths", (8, 16)), ("epochs", 0), ("brightness", -0.1),
                                          ("muon_batch", "all"), ("ns_coeffs", (3.4, -4.7)),
-                                         ("renorm_every", 0), ("whiten_act", "tanh"), ("tta", "best")])
+                                         ("renorm_every", 0), ("whiten_act", "tanh"), ("tta", "best"),
+                                         ("first_res", 16), ("first_res", 4), ("first_res_epochs", -1.0)])
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=f"TrainConfig.{field}"):
         tiny_cfg(**{field: value})
