@@ -274,3 +274,39 @@ def test_gpu_check_without_cuda_says_what_it_would_measure(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "no CUDA device here" in proc.stdout and "50 record runs" in proc.stdout and "hiverge's span" in proc.stdout
     assert not (tmp_path / "out").exists()   # nothing measured, nothing written
+
+
+def _frontier():
+    spec = importlib.util.spec_from_file_location("cpu_frontier", REPO / "benchmarks" / "cpu_frontier.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_frontier_candidates_are_valid_profile_changes():
+    from hlb_utils.cli import check_config
+    frontier = _frontier()
+    for name, changes in frontier.CANDIDATES.items():
+        assert "," not in name   # --only splits at commas
+        check_config("cpu", changes.split())   # a misspelt knob or a value out of range fails here
+
+
+def test_frontier_resumes_and_summarises_by_median(replica, tmp_path):
+    frontier = _frontier()
+    results = tmp_path / "frontier.csv"
+    args = ["--profile", "quick", "--data", str(replica), "--csv", str(results), "--only", "eval at end only"]
+    assert frontier.main(args + ["--seeds", "0"]) == 0
+    with results.open() as f:
+        first = list(csv.DictReader(f))
+    assert [(r["candidate"], r["seed"]) for r in first] == [("eval at end only", "0")]
+    run = first[0]
+    assert 0.3 < float(run["test_accuracy"]) < 1 and float(run["wall_seconds"]) > float(run["train_seconds"])
+    assert frontier.main(args + ["--seeds", "0,1"]) == 0   # seed 0 is kept, only seed 1 trains
+    with results.open() as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0] == first[0] and [r["seed"] for r in rows] == ["0", "1"]
+    table = frontier.summary()
+    assert table.loc[0, "seeds"] == 2
+    assert table.loc[0, "median"] == pytest.approx(sum(float(r["test_accuracy"]) for r in rows) / 2)
+    assert "| eval at end only | `eval_every=0` | 2 |" in frontier.markdown(table)
+    assert frontier.plot(table, tmp_path / "frontier.png").stat().st_size > 10_000
