@@ -49,6 +49,8 @@ CANDIDATES: dict[str, str] = {
     "10 epochs (5 at 24 px)": "low_res_epochs=5 eval_every=0",
     "12 epochs (8 at 24 px)": "epochs=12 low_res_epochs=8 eval_every=0",
     "widths 32-160-160 + 9 epochs (6 at 24 px)": "widths=32,160,160 epochs=9 low_res_epochs=6 eval_every=0",
+    "widths 32-160-160": "widths=32,160,160 eval_every=0",
+    "widths 32-192-192 + 8 epochs (5 at 24 px)": "widths=32,192,192 epochs=8 low_res_epochs=5 eval_every=0",
     # the last group is the cheapest to widen: it runs at 7 px or less (benchmarks/flops.py's per-image count)
     "widths 32-128-192": "widths=32,128,192 eval_every=0",
     "widths 32-128-256": "widths=32,128,256 eval_every=0",
