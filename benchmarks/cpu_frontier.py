@@ -82,6 +82,7 @@ def run_one(name: str, seed: int, data: str, profile: str = "cpu") -> dict:
         cmd = [sys.executable, "-m", "hlb_utils", "train", "--profile", profile, "--data", data, "--out", out,
                "--quiet"] + [a for s in sets for a in ("--set", s)]
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        code = code_version()   # the code this run trains with, read before it starts
         start = time.perf_counter()
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         wall = time.perf_counter() - start
@@ -93,7 +94,7 @@ def run_one(name: str, seed: int, data: str, profile: str = "cpu") -> dict:
                 changes=CANDIDATES[name] or "(none)", seed=seed,
                 test_accuracy=f"{float(row['test_accuracy']):.4f}",
                 train_seconds=f"{float(row['train_seconds']):.1f}", wall_seconds=f"{wall:.1f}",
-                load_before=f"{load:.2f}", code=code_version())
+                load_before=f"{load:.2f}", code=code)
 
 
 def append(row: dict) -> None:
