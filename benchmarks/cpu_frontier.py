@@ -34,11 +34,14 @@ FIELDS = ["date", "candidate", "changes", "seed", "test_accuracy", "train_second
           "load_before", "code"]
 TARGET_ACCURACY, TARGET_MINUTES = 0.895, 12.0
 
-# Each candidate: the `--set` changes on top of the `cpu` profile as it stands ("" is the profile itself).
-# All but the first evaluate only at the end (eval_every=0): the evaluations between epochs change no
-# weight, and on two cores they cost about 5 s each.
+# Each candidate is a change (`--set` items) to the `cpu` profile as it was until 2026-12-02, which
+# differed from today's in the knobs of BEFORE only: spelt out here, they keep each candidate the same
+# run whatever the profile is now. All but PROFILE evaluate only at the end (eval_every=0): the
+# evaluations between epochs change no weight, and on two cores they cost about 5 s each.
+BEFORE = "widths=32,128,128 epochs=10 low_res_epochs=7 eval_every=2"
+PROFILE = "the profile as it stands"   # `train --profile cpu` with no change: what a learner runs
 CANDIDATES: dict[str, str] = {
-    "profile": "",
+    PROFILE: "",
     "eval at end only": "eval_every=0",
     "12 epochs (11 at 24 px)": "epochs=12 low_res_epochs=11 eval_every=0",
     "batch 250": "batch_size=250 eval_every=0",
@@ -77,7 +80,7 @@ def code_version() -> str:
 
 def run_one(name: str, seed: int, data: str, profile: str = "cpu") -> dict:
     """One `train --profile cpu` command, timed from outside; its accuracy read from its runs.csv."""
-    sets = CANDIDATES[name].split() + [f"seed={seed}"]
+    sets = ([] if name == PROFILE else BEFORE.split()) + CANDIDATES[name].split() + [f"seed={seed}"]
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "hlb_utils", "train", "--profile", profile, "--data", data, "--out", out,
                "--quiet"] + [a for s in sets for a in ("--set", s)]
@@ -91,7 +94,7 @@ def run_one(name: str, seed: int, data: str, profile: str = "cpu") -> dict:
         with open(Path(out) / "runs.csv") as f:
             row = next(csv.DictReader(f))
     return dict(date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), candidate=name,
-                changes=CANDIDATES[name] or "(none)", seed=seed,
+                changes=CANDIDATES[name] or f"(none: the {profile} profile at {code})", seed=seed,
                 test_accuracy=f"{float(row['test_accuracy']):.4f}",
                 train_seconds=f"{float(row['train_seconds']):.1f}", wall_seconds=f"{wall:.1f}",
                 load_before=f"{load:.2f}", code=code)

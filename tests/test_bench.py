@@ -288,17 +288,18 @@ def test_frontier_candidates_are_valid_profile_changes():
     frontier = _frontier()
     for name, changes in frontier.CANDIDATES.items():
         assert "," not in name   # --only splits at commas
-        check_config("cpu", changes.split())   # a misspelt knob or a value out of range fails here
+        check_config("cpu", (frontier.BEFORE + " " + changes).split())   # a misspelt knob or a bad value fails here
 
 
 def test_frontier_resumes_and_summarises_by_median(replica, tmp_path):
     frontier = _frontier()
     results = tmp_path / "frontier.csv"
-    args = ["--profile", "quick", "--data", str(replica), "--csv", str(results), "--only", "eval at end only"]
+    args = ["--profile", "quick", "--data", str(replica), "--csv", str(results), "--only", frontier.PROFILE]
     assert frontier.main(args + ["--seeds", "0"]) == 0
     with results.open() as f:
         first = list(csv.DictReader(f))
-    assert [(r["candidate"], r["seed"]) for r in first] == [("eval at end only", "0")]
+    assert [(r["candidate"], r["seed"]) for r in first] == [(frontier.PROFILE, "0")]
+    assert first[0]["changes"].startswith("(none: the quick profile at ")
     run = first[0]
     assert 0.3 < float(run["test_accuracy"]) < 1 and float(run["wall_seconds"]) > float(run["train_seconds"])
     assert frontier.main(args + ["--seeds", "0,1"]) == 0   # seed 0 is kept, only seed 1 trains
@@ -308,5 +309,5 @@ def test_frontier_resumes_and_summarises_by_median(replica, tmp_path):
     table = frontier.summary()
     assert table.loc[0, "seeds"] == 2
     assert table.loc[0, "median"] == pytest.approx(sum(float(r["test_accuracy"]) for r in rows) / 2)
-    assert "| eval at end only | `eval_every=0` | 2 |" in frontier.markdown(table)
+    assert f"| {frontier.PROFILE} | `(none: the quick profile at " in frontier.markdown(table)
     assert frontier.plot(table, tmp_path / "frontier.png").stat().st_size > 10_000
