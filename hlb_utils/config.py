@@ -261,10 +261,11 @@ _PROFILES: dict[str, dict[str, Any]] = {
     ),
     "cpu": dict(
         # The record's recipe on a narrower net, sized to 12 minutes of wall time on 2 CPU cores: most
-        # epochs at 24 px cost little accuracy and save much time (the candidates measured, accuracy
-        # against seconds, are in benchmarks/NOTES.md).
-        **_RECORD_RECIPE, widths=(32, 128, 128), batch_size=500, epochs=10, low_res=24,
-        low_res_epochs=7, dtype="fp32", eval_every=2,
+        # epochs at 24 px cost little accuracy and save much time, and at this size width buys more than
+        # epochs, batch size or label smoothing (the frontier of candidates, accuracy against minutes, is
+        # in benchmarks/NOTES.md; benchmarks/cpu_frontier.py measures it).
+        **_RECORD_RECIPE, widths=(32, 160, 160), batch_size=500, epochs=9, low_res=24,
+        low_res_epochs=6, dtype="fp32", eval_every=2,
     ),
     "quick": dict(
         widths=(16, 32, 32), batch_size=250, epochs=4, train_subset=5000, test_subset=2000,

@@ -194,7 +194,7 @@ def test_first_res_is_a_smaller_stage_inside_the_low_resolution_epochs():
     with pytest.raises(ValueError, match=r"first_res=28 .* a size from 8 to low_res=24 pixels"):
         C.get_profile("cpu", first_res=28, first_res_epochs=3)
     with pytest.raises(ValueError, match=r"first_res_epochs=8 is more than low_res_epochs=7"):
-        C.get_profile("cpu", first_res=16, first_res_epochs=8)
+        C.get_profile("cpu", epochs=10, low_res_epochs=7, first_res=16, first_res_epochs=8)
     assert C.get_profile("cpu", first_res_epochs=9).first_res_epochs == 9   # off (first_res=0): nothing to refuse
 
 
@@ -202,8 +202,8 @@ def test_low_res_epochs_must_leave_full_size_epochs():
     # Halving `epochs` alone must not silently train the whole run at low resolution (issue 21).
     with pytest.raises(ValueError, match=r"low_res_epochs=7 is more than epochs=5: the whole run would train at 24 px; "
                                          r"change both, e\.g\. \.replace\(epochs=5, low_res_epochs=3\.5\)"):
-        C.get_profile("cpu", epochs=5)
-    half = C.get_profile("cpu")
+        C.get_profile("cpu", epochs=5, low_res_epochs=7)
+    half = C.get_profile("cpu", epochs=10, low_res_epochs=7)
     half = half.replace(epochs=half.epochs / 2, low_res_epochs=half.low_res_epochs / 2)
     assert (half.epochs, half.low_res_epochs) == (5, 3.5)
     assert C.get_profile("cpu", epochs=5, low_res=0).epochs == 5   # no resizing: nothing to refuse
