@@ -71,10 +71,13 @@ def done_runs() -> set[tuple[str, int]]:
 
 
 def code_version() -> str:
+    """The commit, with "-dirty" when the library or the benchmarks (not this results file) have changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
     try:
-        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
+        changed = git("status", "--porcelain", "--", "hlb_utils", "benchmarks", f":!{CSV.relative_to(REPO)}")
+        return git("describe", "--always") + ("-dirty" if changed else "")
+    except (OSError, ValueError, subprocess.CalledProcessError):
         return "unknown"
 
 
