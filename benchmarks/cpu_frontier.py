@@ -28,7 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-CSV = REPO / "benchmarks" / "results" / "cpu-frontier.csv"
+DEFAULT_CSV = REPO / "benchmarks" / "results" / "cpu-frontier.csv"
+CSV = DEFAULT_CSV   # the results file of this call (--csv)
 FIGURE = REPO / "docs" / "figures" / "cpu-frontier.png"
 FIELDS = ["date", "candidate", "changes", "seed", "test_accuracy", "train_seconds", "wall_seconds",
           "load_before", "code"]
@@ -75,7 +76,7 @@ def code_version() -> str:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
     try:
-        changed = git("status", "--porcelain", "--", "hlb_utils", "benchmarks", f":!{CSV.relative_to(REPO)}")
+        changed = git("status", "--porcelain", "--", "hlb_utils", "benchmarks", f":!{DEFAULT_CSV.relative_to(REPO)}")
         return git("describe", "--always") + ("-dirty" if changed else "")
     except (OSError, ValueError, subprocess.CalledProcessError):
         return "unknown"
@@ -174,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="", help="comma-separated candidate names (none holds a comma) (default: all, in order)")
     p.add_argument("--seeds", default="0,1,2", help="seeds of each candidate (default: 0,1,2)")
     p.add_argument("--profile", default="cpu", help="the profile the candidates change (quick: a smoke test)")
-    p.add_argument("--csv", type=Path, default=CSV, help=f"results file (default: {CSV.relative_to(REPO)})")
+    p.add_argument("--csv", type=Path, default=DEFAULT_CSV,
+                   help=f"results file (default: {DEFAULT_CSV.relative_to(REPO)})")
     p.add_argument("--report", action="store_true", help="print the table and draw the figure; train nothing")
     args = p.parse_args(argv)
     CSV = args.csv
