@@ -12,7 +12,7 @@ candidate is `python -m hlb_utils train --profile cpu --set ...`, timed as a lea
 Every finished run is appended at once to `benchmarks/results/cpu-frontier.csv`, so a call cut short
 loses only the run in flight, and a later call skips the (candidate, seed) pairs already there. Run it
 on a quiet machine: another busy process on two cores slows torch several-fold. The figure (median
-accuracy against median wall minutes, each point's seed range as bars, the target's corner shaded)
+accuracy against median wall minutes, each point's seed range as bars, the target's lines drawn)
 goes to `docs/figures/cpu-frontier.png`.
 """
 from __future__ import annotations
@@ -136,7 +136,7 @@ def markdown(table) -> str:
 
 def plot(table, path: Path = FIGURE) -> Path:
     """Median accuracy against median wall minutes, each point numbered (the key on the right); bars span
-    the seeds; the target's corner shaded."""
+    the seeds; the accuracies above the target shaded."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
