@@ -37,6 +37,9 @@ COMPILE_SCOPES = ("model", "step")                      # compiling.compile_run:
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 # The seeds a series may use (seed .. seed + runs - 1): what torch.manual_seed and NumPy both accept.
 SEED_RANGE = (0, 2**63 - 1)
+# The smallest input both nets train at: the whitening layer's 2x2 patches cost a pixel, and three 2x2
+# poolings then need 8 pixels left (at 8 the last pooling has nothing to pool).
+MIN_IMAGE_SIZE = 9
 
 
 def sgd_lr_scale(momentum: float) -> float:
@@ -180,16 +183,17 @@ def _validate(cfg: TrainConfig) -> None:
     groups = 4 if cfg.net == "seed" else 3
     if len(cfg.widths) != groups or any(int(w) < 1 for w in cfg.widths):
         raise ValueError(f"TrainConfig.widths={cfg.widths!r}: the {cfg.net} net needs {groups} positive widths")
-    if 0 < cfg.low_res < 8:
-        raise ValueError(f"TrainConfig.low_res={cfg.low_res} is too small; allowed 0 (off) or 8..32 pixels")
+    if 0 < cfg.low_res < MIN_IMAGE_SIZE:
+        raise ValueError(f"TrainConfig.low_res={cfg.low_res} is too small for the nets' poolings; "
+                         f"allowed 0 (off) or {MIN_IMAGE_SIZE}..32 pixels")
     if cfg.low_res and cfg.low_res_epochs > cfg.epochs:
         # e.g. halving `epochs` alone: the whole run would then train at low_res pixels, never at full size
         raise ValueError(f"TrainConfig.low_res_epochs={cfg.low_res_epochs:g} is more than epochs={cfg.epochs:g}: "
                          f"the whole run would train at {cfg.low_res} px; change both, e.g. "
                          f".replace(epochs={cfg.epochs:g}, low_res_epochs={0.7 * cfg.epochs:.3g}), or set low_res=0")
-    if cfg.first_res and not (cfg.low_res and 8 <= cfg.first_res <= cfg.low_res):
+    if cfg.first_res and not (cfg.low_res and MIN_IMAGE_SIZE <= cfg.first_res <= cfg.low_res):
         raise ValueError(f"TrainConfig.first_res={cfg.first_res} needs progressive resizing (low_res > 0) and a "
-                         f"size from 8 to low_res={cfg.low_res} pixels; or set first_res=0")
+                         f"size from {MIN_IMAGE_SIZE} to low_res={cfg.low_res} pixels; or set first_res=0")
     if cfg.first_res and cfg.first_res_epochs > cfg.low_res_epochs:
         raise ValueError(f"TrainConfig.first_res_epochs={cfg.first_res_epochs:g} is more than "
                          f"low_res_epochs={cfg.low_res_epochs:g}: the first stage is part of the low-resolution "

@@ -191,11 +191,24 @@ def test_first_res_is_a_smaller_stage_inside_the_low_resolution_epochs():
     assert (cfg.first_res, cfg.first_res_epochs, cfg.low_res) == (16, 3, 24)
     with pytest.raises(ValueError, match=r"first_res=16 needs progressive resizing \(low_res > 0\)"):
         C.get_profile("cpu", low_res=0, first_res=16, first_res_epochs=3)
-    with pytest.raises(ValueError, match=r"first_res=28 .* a size from 8 to low_res=24 pixels"):
+    with pytest.raises(ValueError, match=r"first_res=28 .* a size from 9 to low_res=24 pixels"):
         C.get_profile("cpu", first_res=28, first_res_epochs=3)
     with pytest.raises(ValueError, match=r"first_res_epochs=8 is more than low_res_epochs=7"):
         C.get_profile("cpu", epochs=10, low_res_epochs=7, first_res=16, first_res_epochs=8)
     assert C.get_profile("cpu", first_res_epochs=9).first_res_epochs == 9   # off (first_res=0): nothing to refuse
+
+
+def test_the_smallest_size_allowed_is_the_smallest_both_nets_train_at():
+    for profile in ("quick", "seed"):                       # the record net and the SE-ResNet
+        net = M.make_net(C.get_profile(profile)).train()
+        net(torch.randn(4, 3, C.MIN_IMAGE_SIZE, C.MIN_IMAGE_SIZE)).sum().backward()
+        with pytest.raises(RuntimeError, match="too small"):
+            net(torch.randn(4, 3, C.MIN_IMAGE_SIZE - 1, C.MIN_IMAGE_SIZE - 1))
+    assert C.get_profile("cpu", low_res=C.MIN_IMAGE_SIZE).low_res == C.MIN_IMAGE_SIZE
+    with pytest.raises(ValueError, match=rf"low_res={C.MIN_IMAGE_SIZE - 1} is too small for the nets' poolings"):
+        C.get_profile("cpu", low_res=C.MIN_IMAGE_SIZE - 1)
+    with pytest.raises(ValueError, match=rf"a size from {C.MIN_IMAGE_SIZE} to low_res=24"):
+        C.get_profile("cpu", first_res=C.MIN_IMAGE_SIZE - 1, first_res_epochs=3)
 
 
 def test_low_res_epochs_must_leave_full_size_epochs():
