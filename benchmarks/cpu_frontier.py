@@ -61,6 +61,11 @@ CANDIDATES: dict[str, str] = {
     # first_res: a first stage at 16 px inside the low-resolution epochs
     "12 epochs (3 at 16 px + 5 at 24 px)": "epochs=12 low_res_epochs=8 first_res=16 first_res_epochs=3 eval_every=0",
     "10 epochs (2 at 16 px + 3 at 24 px)": "low_res_epochs=5 first_res=16 first_res_epochs=2 eval_every=0",
+    # the 16 px stage spent on width: the profile's net with its first epochs cheaper, and a wider one
+    "widths 32-160-160 + 9 epochs (2 at 16 px + 4 at 24 px)":
+        "widths=32,160,160 epochs=9 low_res_epochs=6 first_res=16 first_res_epochs=2 eval_every=0",
+    "widths 32-192-192 + 9 epochs (3 at 16 px + 3 at 24 px)":
+        "widths=32,192,192 epochs=9 low_res_epochs=6 first_res=16 first_res_epochs=3 eval_every=0",
 }
 
 
