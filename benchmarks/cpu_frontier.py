@@ -161,11 +161,11 @@ def plot(table, path: Path = FIGURE) -> Path:
     ax.set_xlim(min(table["wall"].min() / 60 - 0.5, TARGET_MINUTES - 1), right)
     ax.set_xlabel("wall minutes of `python -m hlb_utils train --profile cpu` (median over seeds)")
     ax.set_ylabel("test accuracy, selective TTA (%, median)")
-    ax.set_title("The `cpu` profile's candidates on 2 CPU cores, a JPEG copy of CIFAR-10\n"
-                 "(changes to the profile until 2026-12-02: widths 32-128-128, 10 epochs, 7 at 24 px; "
-                 "blue: 3 seeds or more, grey: fewer; bars: the seeds' range)", fontsize=9)
+    ax.set_title("The `cpu` profile's candidates on 2 CPU cores, a JPEG copy of CIFAR-10", fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
-    fig.text(0.63, 0.5, "\n".join(key), fontsize=7.5, va="center", family="monospace")
+    about = ["Candidates: changes to the profile until 2026-12-02", "(widths 32-128-128, 10 epochs, 7 at 24 px).",
+             "Blue: 3 seeds or more, grey: fewer;", "bars: the seeds' range.", ""]
+    fig.text(0.63, 0.5, "\n".join(about + key), fontsize=7.5, va="center", family="monospace")
     fig.subplots_adjust(left=0.07, right=0.61, bottom=0.12)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
