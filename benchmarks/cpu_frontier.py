@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -157,7 +158,8 @@ def plot(table, path: Path = FIGURE) -> Path:
         ax.errorbar(x, y, yerr=[[y - 100 * r.low], [100 * r.high - y]], fmt="o",
                     color="tab:blue" if r.seeds >= 3 else "tab:gray", capsize=3)
         ax.annotate(str(i), (x, y), textcoords="offset points", xytext=(5, 3), fontsize=8)
-        key.append(f"{i}  {r.candidate} ({r.seeds} seed{'s' if r.seeds > 1 else ''})")
+        entry = f"{i:<3} {r.candidate} ({r.seeds} seed{'s' if r.seeds > 1 else ''})"
+        key += textwrap.wrap(entry, 46, subsequent_indent="    ")   # long names wrap instead of leaving the figure
     ax.set_xlim(min(table["wall"].min() / 60 - 0.5, TARGET_MINUTES - 1), right)
     ax.set_xlabel("wall minutes of `python -m hlb_utils train --profile cpu` (median over seeds)")
     ax.set_ylabel("test accuracy, selective TTA (%, median)")
