@@ -203,15 +203,33 @@ def test_command_line_explains_a_missing_notebook(tmp_path, capsys):
 # ---- execution in the quick profile -------------------------------------------------------------
 
 def _texts(cell) -> list[str]:
-    """The text a reader sees in a cell's outputs (stream text, text/plain and HTML tables)."""
-    out = []
+    """The text a reader sees in a cell's outputs (stream text, text/plain and HTML tables).
+
+    One print can reach the notebook in several stream messages, split wherever the kernel flushed;
+    Jupyter shows consecutive pieces of a stream as one block, and so are they joined here.
+    """
+    out, last_stream = [], None
     for o in cell.get("outputs", []):
         if o.get("output_type") == "stream":
-            out.append(o["text"])
+            if last_stream == o["name"]:
+                out[-1] += o["text"]
+            else:
+                out.append(o["text"])
+            last_stream = o["name"]
+            continue
+        last_stream = None
         for kind in ("text/html", "text/plain"):
             if kind in o.get("data", {}):
                 out.append(o["data"][kind])
     return out
+
+
+def test_a_print_split_into_several_stream_messages_reads_as_one():
+    # The kernel flushes where it likes: "a: " and "[1]\n" may come as two messages (issue 26's CI run).
+    piece = lambda text, name="stdout": {"output_type": "stream", "name": name, "text": text}
+    table = {"output_type": "display_data", "data": {"text/plain": "table"}}
+    cell = {"outputs": [piece("a: "), piece("[1]\n"), table, piece("b\n"), piece("warn\n", "stderr"), piece("c\n")]}
+    assert _texts(cell) == ["a: [1]\n", "table", "b\n", "warn\n", "c\n"]
 
 
 def _shown(cell) -> list[str]:
